@@ -1,0 +1,92 @@
+"""Typed configuration with every default in one place; YAML in and out."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+NORMALIZATIONS = ("standardize", "unit", "imagenet")
+SPLIT_SCHEMES = ("70-15-15", "lesson")
+BAD_IMAGE_POLICIES = ("error", "skip")
+VAL_POLICIES = ("auto", "keep", "resplit")
+
+
+@dataclass
+class AugmentConfig:
+    """Random training-time transforms (torchvision v2). Horizontal flip is off on purpose:
+    a flipped chest X-ray puts the heart on the wrong side."""
+
+    enabled: bool = False
+    rotation: float = 10.0  # degrees, +-
+    shift: float = 0.05  # fraction of width/height, +-
+    zoom: float = 0.1  # scale in [1-zoom, 1+zoom]
+    shear: float = 5.0  # degrees, +-
+    brightness: float = 0.1  # factor in [1-b, 1+b]
+    contrast: float = 0.1  # factor in [1-c, 1+c]
+    hflip: bool = False
+
+
+@dataclass
+class DataConfig:
+    """How images are read, preprocessed and split."""
+
+    image_size: int = 256
+    normalization: str = "standardize"
+    split_scheme: str = "70-15-15"
+    val_fraction: float | None = None  # overrides the scheme when set
+    test_fraction: float | None = None
+    split_seed: int = 42
+    val_policy: str = "auto"  # for pre-split folders: keep their val/, or re-split it from train
+    on_bad_image: str = "error"
+    cache_dir: str | None = None  # default: $CXRLAB_CACHE or ~/.cache/cxrlab
+    workers: int | None = None  # decode processes; default: all cores
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**self.augment)
+        _check_choice("normalization", self.normalization, NORMALIZATIONS)
+        _check_choice("split_scheme", self.split_scheme, SPLIT_SCHEMES)
+        _check_choice("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)
+        _check_choice("val_policy", self.val_policy, VAL_POLICIES)
+        if not 16 <= int(self.image_size) <= 4096:
+            raise ConfigError(f"image_size must be between 16 and 4096, got {self.image_size}")
+
+    def fractions(self) -> tuple[float, float]:
+        """(val, test) fractions of all images. The lesson holds out 15% for test, then 15% of
+        the rest for validation."""
+        val, test = (0.15, 0.15) if self.split_scheme == "70-15-15" else (0.85 * 0.15, 0.15)
+        val = self.val_fraction if self.val_fraction is not None else val
+        test = self.test_fraction if self.test_fraction is not None else test
+        if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+            raise ConfigError(f"val_fraction {val} and test_fraction {test} must leave room for training")
+        return val, test
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_yaml(cls, path: str | Path):
+    """Read a config; unknown keys are an error so a typo never silently falls back to a default."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{path}: unknown config keys {sorted(unknown)}; valid keys: {sorted(names)}")
+    return cls(**data)

@@ -1,0 +1,104 @@
+"""The data layer: source -> manifest -> task -> cached images -> patient-grouped split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..config import DataConfig
+from ..errors import DataError, ImageReadError
+from .augment import build_augment
+from .cache import ImageCache
+from .dataset import XrayDataset
+from .sources import Manifest, read_source
+from .split import load_split, make_split, save_split
+from .tasks import Task, label_frame, make_task
+
+__all__ = ["LoadedData", "load_data", "Manifest", "Task", "read_source", "make_task", "save_split"]
+
+
+@dataclass
+class LoadedData:
+    """Everything later steps need. `frame` has one row per usable image (path, labels, patient,
+    patient_source, split, and y when there is a task); `row` indexes `images` (N x S x S uint8)."""
+
+    manifest: Manifest
+    task: Task | None
+    frame: pd.DataFrame
+    images: np.ndarray
+    info: pd.DataFrame
+    config: DataConfig
+    cache_status: str
+    excluded: dict[str, int] = field(default_factory=dict)
+    skipped: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def indices(self, split: str) -> np.ndarray:
+        return self.frame.loc[self.frame["split"] == split, "row"].to_numpy()
+
+    def dataset(self, split: str, augment: bool = False) -> XrayDataset:
+        if self.task is None:
+            raise DataError("no task: pass --positive (and --negative) to choose the classes")
+        labels = np.zeros(len(self.images), np.float32)
+        labels[self.frame["row"].to_numpy()] = self.frame["y"].to_numpy()
+        transform = build_augment(self.config.augment) if augment else None
+        return XrayDataset(self.images, labels, self.indices(split), transform)
+
+
+def load_data(source: str | Path, positive: str | None = None, negative: str | list[str] | None = None,
+              images_dir: str | Path | None = None, config: DataConfig | None = None,
+              split_file: str | Path | None = None,
+              progress: Callable[[int, int], None] | None = None) -> LoadedData:
+    """Read `source`, choose the task, decode (or reuse) the cached images, and split by patient.
+
+    Without `positive`, a task is still chosen when the data makes it obvious (two classes, one
+    named like 'normal'); otherwise all images are loaded without labels y and without a split.
+    """
+    cfg = config or DataConfig()
+    manifest = read_source(source, images_dir, cfg.on_bad_image)
+    skipped = list(manifest.skipped)
+    task, excluded = None, {}
+    try:
+        task = make_task(manifest, positive, negative)
+    except DataError:
+        if positive is not None or negative:
+            raise
+    if task is not None:
+        frame, excluded = label_frame(manifest, task)
+    else:
+        frame = manifest.frame.copy()
+    cache = ImageCache(cfg.cache_dir, cfg.workers).load(frame["path"].tolist(), cfg.image_size, progress)
+    frame["row"] = np.arange(len(frame))
+    info = cache.info
+    bad = info["error"] != ""
+    if bad.any():
+        if cfg.on_bad_image == "error":
+            first = int(np.flatnonzero(bad.to_numpy())[0])
+            exc = ImageReadError(frame["path"].iat[first], info["error"].iat[first])
+            if bad.sum() > 1:
+                exc.args = (f"{exc.args[0]} ({int(bad.sum())} unreadable images in all)",)
+            raise exc
+        skipped += [{"path": p, "reason": r} for p, r in zip(frame["path"][bad], info["error"][bad])]
+        frame = frame[~bad.to_numpy()].reset_index(drop=True)
+    notes: list[str] = []
+    if task is not None:
+        for value, name in ((1, task.positive), (0, " or ".join(task.negatives))):
+            if not (frame["y"] == value).any():
+                raise DataError(f"no readable images labelled {name!r} are left after skipping bad images")
+        if split_file:
+            frame["split"] = load_split(split_file, frame).to_numpy()
+        else:
+            val, test = cfg.fractions()
+            split, notes = make_split(frame, val, test, cfg.split_seed, cfg.val_policy)
+            frame["split"] = split.to_numpy()
+    if skipped:
+        notes.append(f"{len(skipped)} file(s) skipped as unreadable or not images; see 'skipped'")
+    if (frame["patient_source"] == "image").any():
+        n = int((frame["patient_source"] == "image").sum())
+        notes.append(f"{n} image(s) have no known patient id: each is treated as its own patient")
+    return LoadedData(manifest, task, frame, cache.images, info.iloc[frame["row"]].reset_index(drop=True),
+                      cfg, cache.status, excluded, skipped, notes)

@@ -1,0 +1,152 @@
+"""Decode one X-ray (PNG/JPEG/TIFF/BMP, DICOM, or a row of an HDF5 array) to 8-bit grayscale.
+
+Every reader returns a uint8 H x W array; every failure is an ImageReadError naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ImageReadError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+H5_SEP = "::"  # an HDF5 row is addressed as "file.h5::index"
+
+# Refuse absurd declared sizes before decoding (decompression bombs), ~ 16k x 16k.
+Image.MAX_IMAGE_PIXELS = 16384 * 16384
+
+
+@dataclass
+class ImageInfo:
+    width: int
+    height: int
+    mode: str
+    sha1: str
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES
+
+
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Map any numeric array to 0..255. 8-bit data is kept as is; deeper data (12/16-bit,
+    float) is min-max scaled, because its stored range says nothing about display range."""
+    if arr.dtype == np.uint8:
+        return arr
+    arr = arr.astype(np.float32)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _gray(arr: np.ndarray) -> np.ndarray:
+    """H x W x C -> H x W luminance (alpha dropped)."""
+    if arr.ndim == 2:
+        return arr
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        return arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        luma = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return np.clip(np.round(luma), 0, 255).astype(np.uint8) if arr.dtype == np.uint8 else to_uint8(luma)
+    raise ValueError(f"unsupported array shape {arr.shape}")
+
+
+def _decode_pil(data: bytes, size: int | None) -> tuple[np.ndarray, int, int, str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        im = Image.open(io.BytesIO(data))
+        width, height, mode = im.width, im.height, im.mode
+        if size and im.format == "JPEG":
+            im.draft("L", (size, size))  # DCT-domain downscale: much faster, still >= size
+        im.load()
+    if im.mode in ("L", "RGB", "RGBA", "LA", "P", "1", "CMYK", "YCbCr"):
+        arr = np.asarray(im.convert("L"))
+    else:  # I;16, I, F: deeper than 8 bits
+        arr = to_uint8(np.asarray(im))
+    return arr, width, height, mode
+
+
+def _decode_dicom(data: bytes) -> tuple[np.ndarray, int, int, str]:
+    """Rescale slope/intercept, VOI LUT or window when present, MONOCHROME1 inverted."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    arr = ds.pixel_array
+    if arr.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
+        arr = arr[0]  # multi-frame: the first frame
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    if photometric.startswith("MONOCHROME"):
+        arr = apply_modality_lut(arr, ds)
+        if "VOILUTSequence" in ds or "WindowCenter" in ds:
+            arr = apply_voi_lut(arr, ds)
+        arr = to_uint8(np.asarray(arr))
+        if photometric == "MONOCHROME1":
+            arr = 255 - arr
+    else:
+        arr = to_uint8(_gray(np.asarray(arr)))
+    return arr, int(ds.Columns), int(ds.Rows), f"DICOM {photometric} {int(ds.BitsStored)}-bit"
+
+
+@lru_cache(maxsize=8)
+def _h5_file(path: str):
+    import h5py
+
+    return h5py.File(path, "r")
+
+
+def _decode_h5(ref: str) -> tuple[np.ndarray, int, int, str, str]:
+    path, index = ref.rsplit(H5_SEP, 1)
+    arr = np.asarray(_h5_file(path)["image"][int(index)])
+    sha = hashlib.sha1(arr.tobytes()).hexdigest()
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # C,H,W -> H,W,C
+    arr = _gray(arr)
+    arr = to_uint8(arr)
+    return arr, arr.shape[1], arr.shape[0], f"HDF5 {arr.dtype}", sha
+
+
+def resize(arr: np.ndarray, size: int) -> np.ndarray:
+    """Square resize, as the lesson does (no padding); antialiased when shrinking."""
+    if arr.shape == (size, size):
+        return arr
+    return np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def read_image(path: str, size: int | None = None) -> tuple[np.ndarray, ImageInfo]:
+    """Decode `path` to uint8 grayscale (resized to size x size when given) and its info."""
+    try:
+        if H5_SEP in path:
+            arr, w, h, mode, sha = _decode_h5(path)
+        else:
+            data = Path(path).read_bytes()
+            if not data:
+                raise ValueError("the file is empty (0 bytes)")
+            sha = hashlib.sha1(data).hexdigest()
+            is_dicom = Path(path).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM"
+            arr, w, h, mode = _decode_dicom(data) if is_dicom else _decode_pil(data, size)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(path, "the file does not exist") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(path, f"declared image size is too large ({exc})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(path, "not a readable image (unknown or corrupt format)") from None
+    except Exception as exc:  # truncated files, broken DICOM, bad HDF5 rows, ...
+        raise ImageReadError(path, f"cannot decode image: {exc}") from None
+    if arr.size == 0:
+        raise ImageReadError(path, "the image has no pixels")
+    if size:
+        arr = resize(arr, size)
+    return np.ascontiguousarray(arr, dtype=np.uint8), ImageInfo(w, h, mode, sha)

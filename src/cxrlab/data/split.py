@@ -1,0 +1,105 @@
+"""Patient-grouped, stratified, seeded train/val/test split, saved as a file and reusable."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from ..errors import DataError
+
+SPLITS = ("train", "val", "test")
+SPLIT_COLUMNS = ["path", "patient", "y", "split"]
+
+
+def _grouped_holdout(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of a held-out part of about `fraction`, whole patients only, stratified.
+    StratifiedGroupKFold cuts many small balanced folds; we take folds until the target size."""
+    if fraction <= 0:
+        return np.zeros(len(y), bool)
+    n_groups = len(np.unique(groups))
+    n_folds = int(min(40, n_groups, np.bincount(y).max(), max(2, round(1 / fraction * 4))))
+    if n_groups < 2:
+        raise DataError("cannot split: all images belong to one patient")
+    cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    mask = np.zeros(len(y), bool)
+    target = fraction * len(y)
+    with warnings.catch_warnings():  # sklearn warns when a class has fewer groups than folds
+        warnings.simplefilter("ignore", UserWarning)
+        folds = [fold for _, fold in cv.split(np.zeros(len(y)), y, groups)]
+    for fold in folds:
+        if mask.sum() + len(fold) / 2 > target:  # take a fold only while it brings us closer
+            break
+        mask[fold] = True
+    if not mask.any():  # tiny data: at least one fold
+        mask[folds[0]] = True
+    return mask
+
+
+def make_split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int,
+               val_policy: str = "auto") -> tuple[pd.Series, list[str]]:
+    """Assign each row of `frame` (path, patient, y, split given by the source or '') to
+    train/val/test. A given test set is kept; a given val set is kept unless it is too small
+    (`auto`: under 5% of train+val, like Kaggle pneumonia's 16 images) or `resplit` is asked.
+    Returns the split and notes on what was decided."""
+    given = frame["split"].fillna("")
+    y, groups = frame["y"].to_numpy(), frame["patient"].astype(str).to_numpy()
+    notes: list[str] = []
+    split = pd.Series("train", index=frame.index, dtype=object)
+    if (given != "").any():
+        split[given == "test"] = "test"
+        trainval = (given != "test").to_numpy()
+        n_val = int((given == "val").sum())
+        resplit = val_policy == "resplit" or (val_policy == "auto" and n_val < 0.05 * trainval.sum())
+        if resplit:
+            notes.append(f"re-split validation from train (the source's val/ had {n_val} images)")
+            held = _grouped_holdout(y[trainval], groups[trainval], val_fraction / (1 - test_fraction), seed)
+            split[np.flatnonzero(trainval)[held]] = "val"
+        else:
+            split[given == "val"] = "val"
+    else:
+        test = _grouped_holdout(y, groups, test_fraction, seed)
+        split[test] = "test"
+        rest = ~test
+        val = _grouped_holdout(y[rest], groups[rest], val_fraction / (1 - test_fraction), seed + 1)
+        split[np.flatnonzero(rest)[val]] = "val"
+    check_no_leak(frame["patient"], split)
+    return split, notes
+
+
+def check_no_leak(patients: pd.Series, split: pd.Series) -> None:
+    """A patient in two splits makes the test score optimistic: refuse it."""
+    per_patient = pd.DataFrame({"p": patients.astype(str), "s": split}).groupby("p")["s"].nunique()
+    leaked = per_patient[per_patient > 1].index.tolist()
+    if leaked:
+        raise DataError(f"patient leakage: {len(leaked)} patient(s) appear in more than one split "
+                        f"(e.g. {', '.join(leaked[:5])}). Split by patient, or use --val-policy resplit "
+                        "and move these patients' images into one split folder.")
+
+
+def save_split(frame: pd.DataFrame, path: str | Path) -> None:
+    frame[SPLIT_COLUMNS].to_csv(path, index=False)
+
+
+def load_split(path: str | Path, frame: pd.DataFrame) -> pd.Series:
+    """The split stored in `path`, aligned to `frame` by image path; every image must be listed."""
+    try:
+        saved = pd.read_csv(path, dtype={"path": str, "patient": str, "split": str})
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read split file ({exc})") from None
+    if not set(SPLIT_COLUMNS) <= set(saved.columns):
+        raise DataError(f"{path}: a split file needs columns {SPLIT_COLUMNS}; found {list(saved.columns)}")
+    bad = sorted(set(saved["split"]) - set(SPLITS))
+    if bad:
+        raise DataError(f"{path}: unknown split name(s) {bad}; use train, val, test")
+    by_path = saved.set_index("path")["split"]
+    missing = frame.loc[~frame["path"].isin(by_path.index), "path"]
+    if len(missing):
+        raise DataError(f"{path}: {len(missing)} image(s) of the data are not in the split file, "
+                        f"e.g. {missing.iloc[0]}. Make a new split instead.")
+    split = frame["path"].map(by_path)
+    check_no_leak(frame["patient"], split)
+    return split

@@ -1,0 +1,106 @@
+"""The embedded default: a synthetic, deterministic chest-X-ray-like data set, made on the fly.
+
+Each image has dark lung fields, a bright mediastinum and heart, ribs, soft tissue and noise.
+Positive images ("effusion") carry fluid at the base of one lung: a bright, meniscus-shaped
+opacity that blunts the costophrenic angle. Its bounding box is recorded in `boxes.csv`
+(NIH BBox_List_2017 columns), so explanations can be checked against where the finding is.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+POSITIVE, NEGATIVE = "effusion", "normal"
+BOX_COLUMNS = ["Image Index", "Finding Label", "Bbox [x", "y", "w", "h]"]
+
+
+def _ellipse(xx, yy, cx, cy, rx, ry, soft=0.08):
+    """Soft-edged ellipse mask in [0, 1]."""
+    d = np.sqrt(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2)
+    return np.clip((1 - d) / soft, 0, 1)
+
+
+def _blur(img: np.ndarray, passes: int = 2) -> np.ndarray:
+    for _ in range(passes):
+        img = (img + np.roll(img, 1, 0) + np.roll(img, -1, 0) + np.roll(img, 1, 1) + np.roll(img, -1, 1)) / 5
+    return img
+
+
+def synthetic_xray(rng: np.random.Generator, size: int = 256, effusion: bool = False):
+    """One image (uint8 size x size) and the finding's box (x, y, w, h) in pixels, or None."""
+    lin = np.linspace(-1, 1, size, dtype=np.float32)
+    xx, yy = np.meshgrid(lin, lin)
+    dx, dy = rng.normal(0, 0.03, 2)
+    xx, yy = xx - dx, yy - dy
+    body = _ellipse(xx, yy, 0, 0.1, 0.92 + rng.normal(0, 0.03), 1.1, soft=0.1)
+    img = 0.08 + 0.47 * body
+    lungs = np.zeros_like(img)
+    lung_geom = []
+    for side in (-1, 1):
+        cx, cy = side * (0.38 + rng.normal(0, 0.02)), -0.02 + rng.normal(0, 0.02)
+        rx, ry = 0.26 + rng.normal(0, 0.015), 0.58 + rng.normal(0, 0.03)
+        lung = _ellipse(xx, yy, cx, cy, rx, ry, soft=0.15)
+        lungs = np.maximum(lungs, lung)
+        lung_geom.append((cx, cy, rx, ry, lung))
+    img -= 0.3 * lungs
+    ribs = np.clip(np.cos((yy * 9 + 2.5 * xx**2 + rng.uniform(0, np.pi)) * np.pi), 0, 1) ** 6
+    img += 0.09 * ribs * lungs
+    img += 0.3 * _ellipse(xx, yy, 0, 0.05, 0.12, 0.9, soft=0.5)  # mediastinum and spine
+    img += 0.12 * _ellipse(xx, yy, 0.14 + rng.normal(0, 0.02), 0.3, 0.26, 0.22, soft=0.8)  # heart (patient's left)
+    box = None
+    if effusion:
+        side = int(rng.integers(0, 2))
+        cx, cy, rx, ry, lung = lung_geom[side]
+        level = cy + ry * rng.uniform(0.25, 0.55)  # fluid top, in image coordinates (down is +)
+        lateral = side * 2 - 1  # -1 for the image-left lung
+        meniscus = level - 0.12 * np.clip((xx - cx) * lateral / rx, 0, 1) ** 2  # rises laterally
+        fluid = np.clip((yy - meniscus) / 0.03, 0, 1) * lung
+        img += 0.27 * fluid
+        ys, xs = np.nonzero(fluid > 0.5)
+        if len(xs):
+            box = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+    img = _blur(img + rng.normal(0, 0.035, img.shape).astype(np.float32), passes=1)
+    img = np.clip(img, 0, 1) ** rng.uniform(0.85, 1.15)
+    return (img * 255).astype(np.uint8), box
+
+
+def make_demo_data(out_dir: str | Path, n_patients: int = 160, size: int = 256, seed: int = 0) -> Path:
+    """Write OUT/data/{normal,effusion}/<patient>_<k>.png (NIH-style names, 1-3 images per patient,
+    one label per patient) and OUT/boxes.csv. Same seed, same bytes. Returns the data folder."""
+    out_dir = Path(out_dir)
+    data_dir = out_dir / "data"
+    rng = np.random.default_rng(seed)
+    boxes = []
+    for cls in (POSITIVE, NEGATIVE):
+        (data_dir / cls).mkdir(parents=True, exist_ok=True)
+    for patient in range(1, n_patients + 1):
+        positive = patient % 2 == 0
+        for k in range(int(rng.integers(1, 4))):
+            img, box = synthetic_xray(rng, size, positive)
+            name = f"{patient:08d}_{k:03d}.png"
+            Image.fromarray(img).save(data_dir / (POSITIVE if positive else NEGATIVE) / name)
+            if box:
+                boxes.append([name, "Effusion", *box])
+    with open(out_dir / "boxes.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(BOX_COLUMNS)
+        writer.writerows(boxes)
+    return data_dir
+
+
+def run_demo(out_dir: str | Path = "cxrlab-demo", progress=None) -> dict:
+    """Generate the demo data and summarise it. Later steps of the workflow plug in here."""
+    from .config import DataConfig
+    from .data import load_data
+    from .data.summary import write_summary
+
+    out_dir = Path(out_dir)
+    data_dir = make_demo_data(out_dir)
+    cfg = DataConfig(cache_dir=str(out_dir / "cache"))
+    loaded = load_data(data_dir, positive=POSITIVE, negative=NEGATIVE, config=cfg, progress=progress)
+    summary_dir = out_dir / "summary"
+    return {"data_dir": data_dir, "summary": write_summary(loaded, summary_dir), "summary_dir": summary_dir}

@@ -1,0 +1,65 @@
+import json
+import os
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from cxrlab.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "demo" in result.output and "data" in result.output
+
+
+def test_data_summary_writes_json_and_plots(tmp_path, flat_folders):
+    out = tmp_path / "summary"
+    result = runner.invoke(app, ["data", "summary", str(flat_folders), "--out", str(out), "--image-size", "32"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"] == {"effusion": 18, "normal": 18}
+    assert sum(sum(v.values()) for v in summary["by_split"].values()) == 36
+    assert summary["patients"] == 24 and summary["modes"] == {"L": 36}
+    for name in ("class_distribution.png", "samples.png", "augmentation.png"):
+        assert (out / name).stat().st_size > 1000
+    assert "effusion" in result.output
+
+
+def test_summary_reports_duplicates_and_skipped(tmp_path, flat_folders):
+    src = flat_folders / "normal" / "00000100_000.png"
+    (flat_folders / "normal" / "00000200_000.png").write_bytes(src.read_bytes())
+    (flat_folders / "normal" / "00000201_000.png").write_bytes(b"")
+    out = tmp_path / "s"
+    result = runner.invoke(app, ["data", "summary", str(flat_folders), "--out", str(out),
+                                 "--image-size", "32", "--on-bad-image", "skip"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["exact_duplicates"]["groups"] == 1
+    assert summary["skipped"]["count"] == 1 and "00000201_000.png" in summary["skipped"]["files"][0]["path"]
+    assert "skipped" in result.output
+
+
+def test_user_error_is_one_line_exit_2(tmp_path, flat_folders):
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "cxrlab", "data", "summary", str(flat_folders),
+                           "--positive", "pneumothorax", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert "unknown label 'pneumothorax'" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_demo_runs_offline_and_is_deterministic(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d1")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "d1" / "summary" / "summary.json").read_text())
+    assert summary["task"] == {"positive": "effusion", "negatives": ["normal"]}
+    assert summary["images"] > 200 and summary["patients"] < summary["images"]
+    from cxrlab.demo import make_demo_data
+
+    make_demo_data(tmp_path / "d2")
+    a, b = (sorted((tmp_path / d / "data").rglob("*.png")) for d in ("d1", "d2"))
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    assert (tmp_path / "d1" / "boxes.csv").read_text() == (tmp_path / "d2" / "boxes.csv").read_text()

@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrlab.data.images import read_image, to_uint8
+from cxrlab.errors import ImageReadError
+
+
+def write_dicom(path, arr, photometric="MONOCHROME2", bits=12, patient="P001", **extra):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientID = patient
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = arr.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    for key, value in extra.items():
+        setattr(ds, key, value)
+    ds.PixelData = arr.astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def gradient(bits=12, shape=(32, 64)):
+    row = np.linspace(0, 2**bits - 1, shape[1]).astype(np.uint16)
+    return np.tile(row, (shape[0], 1))
+
+
+def test_dicom_monochrome2_keeps_bright_bright(tmp_path):
+    arr, info = read_image(str(write_dicom(tmp_path / "a.dcm", gradient())))
+    assert arr.dtype == np.uint8 and arr.shape == (32, 64)
+    assert arr[0, 0] == 0 and arr[0, -1] == 255
+    assert "MONOCHROME2" in info.mode and "12-bit" in info.mode
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path):
+    arr, _ = read_image(str(write_dicom(tmp_path / "a.dcm", gradient(), "MONOCHROME1")))
+    assert arr[0, 0] == 255 and arr[0, -1] == 0
+
+
+def test_dicom_16bit_and_resize(tmp_path):
+    arr, info = read_image(str(write_dicom(tmp_path / "a.dcm", gradient(16), bits=16)), size=16)
+    assert arr.shape == (16, 16) and arr.min() < 20 and arr.max() > 235
+    assert (info.width, info.height) == (64, 32)
+
+
+def test_dicom_rescale_and_window_are_applied(tmp_path):
+    # Stored 0..4095, rescaled by intercept -1000: the window 24 +- 256 covers stored 768..1280 only,
+    # so most of the gradient saturates: without rescale+VOI the map would be a smooth ramp.
+    path = write_dicom(tmp_path / "w.dcm", gradient(), RescaleSlope=1, RescaleIntercept=-1000,
+                       WindowCenter=24, WindowWidth=512)
+    arr, _ = read_image(str(path))
+    row = arr[0].astype(int)
+    stored = np.linspace(0, 4095, 64)
+    assert (row[stored < 700] == 0).all()
+    assert (row[stored > 1350] == 255).all()
+    assert 0 < row[np.argmin(abs(stored - 1024))] < 255
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "LA", "I;16"])
+def test_pil_modes_become_gray_uint8(tmp_path, mode):
+    base = np.tile(np.linspace(0, 255, 40).astype(np.uint8), (20, 1))
+    if mode == "I;16":
+        im = Image.fromarray((base.astype(np.uint16) * 200))
+    else:
+        im = Image.fromarray(base).convert(mode)
+    path = tmp_path / "x.png"
+    im.save(path)
+    arr, info = read_image(str(path))
+    assert arr.dtype == np.uint8 and arr.shape == (20, 40)
+    assert arr[0, 0] < 10 and arr[0, -1] > 245
+    assert info.mode == im.mode
+
+
+def test_to_uint8_scales_deep_data():
+    out = to_uint8(np.array([[100, 4095]], np.uint16))
+    assert out.tolist() == [[0, 255]]
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"", "empty"),
+    (b"this is not an image", "not a readable image"),
+])
+def test_bad_files_name_the_file(tmp_path, content, needle):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError) as err:
+        read_image(str(path))
+    assert str(path) in str(err.value) and needle in str(err.value)
+
+
+def test_truncated_png_is_an_error(tmp_path):
+    path = tmp_path / "t.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ImageReadError, match="t.png"):
+        read_image(str(path))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageReadError, match="does not exist"):
+        read_image(str(tmp_path / "nope.png"))
+
+
+def test_decompression_bomb_is_refused(tmp_path):
+    path = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(path)  # tiny file, 400 megapixels declared
+    with pytest.raises(ImageReadError, match="too large"):
+        read_image(str(path))

@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+
+from cxrlab import DataConfig, load_data
+from cxrlab.config import AugmentConfig
+from cxrlab.data.dataset import make_collate
+from cxrlab.data.preprocess import normalize
+from cxrlab.errors import ConfigError, DataError, ImageReadError
+
+
+def test_folders_end_to_end(flat_folders):
+    data = load_data(flat_folders, config=DataConfig(image_size=32))
+    assert data.task.positive == "effusion" and data.images.shape == (36, 32, 32)
+    assert set(data.frame["split"]) == {"train", "val", "test"}
+    assert (data.frame.groupby("patient")["split"].nunique() == 1).all()
+    ds = data.dataset("train")
+    img, y = ds[0]
+    assert img.dtype == torch.uint8 and img.shape == (1, 32, 32) and y.item() in (0.0, 1.0)
+
+
+def test_split_file_is_reused(tmp_path, flat_folders):
+    from cxrlab.data import save_split
+
+    a = load_data(flat_folders, config=DataConfig(image_size=32, split_seed=1))
+    save_split(a.frame, tmp_path / "split.csv")
+    b = load_data(flat_folders, config=DataConfig(image_size=32, split_seed=99), split_file=tmp_path / "split.csv")
+    assert a.frame["split"].tolist() == b.frame["split"].tolist()
+
+
+def test_bad_image_error_names_file_then_skip_lists_it(flat_folders):
+    bad = flat_folders / "normal" / "00000100_000.png"
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(ImageReadError, match="00000100_000.png"):
+        load_data(flat_folders, config=DataConfig(image_size=32))
+    data = load_data(flat_folders, config=DataConfig(image_size=32, on_bad_image="skip"))
+    assert len(data.frame) == 35 and data.skipped[0]["path"] == str(bad)
+    assert any("skipped" in n for n in data.notes)
+
+
+def test_csv_task_counts(nih_csv):
+    data = load_data(nih_csv, "Effusion", "No Finding", config=DataConfig(image_size=32))
+    assert int(data.frame["y"].sum()) == 12 and len(data.frame) == 24
+    assert data.excluded == {"Pneumonia": 6, "Cardiomegaly": 6}
+
+
+def test_csv_without_task_loads_everything(nih_csv):
+    data = load_data(nih_csv, config=DataConfig(image_size=32))
+    assert data.task is None and len(data.frame) == 36
+
+
+def test_presplit_keeps_test(presplit_folders):
+    data = load_data(presplit_folders, config=DataConfig(image_size=32))
+    given = data.manifest.frame.set_index("path")["split"]
+    assert (data.frame.loc[data.frame["split"] == "test", "path"].map(given) == "test").all()
+    assert (data.frame["split"] == "val").sum() > 2  # tiny val/ re-split from train
+    assert "re-split" in data.notes[0]
+
+
+def test_unknown_label(nih_csv):
+    with pytest.raises(DataError, match="unknown label"):
+        load_data(nih_csv, "Pneumothorax", config=DataConfig(image_size=32))
+
+
+@pytest.mark.parametrize("mode", ["standardize", "unit", "imagenet"])
+def test_normalization(mode):
+    batch = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8)
+    x = normalize(batch, mode)
+    assert x.dtype == torch.float32
+    if mode == "standardize":
+        assert torch.allclose(x.mean(dim=(1, 2, 3)), torch.zeros(4), atol=1e-5)
+        assert torch.allclose(x.std(dim=(1, 2, 3)), torch.ones(4), atol=1e-4)
+    elif mode == "unit":
+        assert x.min() >= 0 and x.max() <= 1
+    else:
+        assert x.shape == (4, 3, 16, 16)
+        assert torch.allclose(x[:, 0], (batch[:, 0].float() / 255 - 0.485) / 0.229)
+
+
+def test_augmentation_changes_training_images_only(flat_folders):
+    cfg = DataConfig(image_size=32, augment=AugmentConfig(enabled=True))
+    data = load_data(flat_folders, config=cfg)
+    train = data.dataset("train", augment=True)
+    torch.manual_seed(0)
+    assert not torch.equal(train[0][0], torch.from_numpy(np.array(data.images[train.indices[0]])).unsqueeze(0))
+    test = data.dataset("test")
+    assert torch.equal(test[0][0][0], torch.from_numpy(np.array(data.images[test.indices[0]])))
+    images, labels = make_collate("standardize")([train[0], train[1]])
+    assert images.shape == (2, 1, 32, 32) and images.dtype == torch.float32
+
+
+def test_hflip_warns():
+    from cxrlab.data.augment import build_augment
+
+    with pytest.warns(UserWarning, match="heart"):
+        build_augment(AugmentConfig(enabled=True, hflip=True))
+
+
+def test_config_yaml_round_trip_and_unknown_keys(tmp_path):
+    from cxrlab.config import load_yaml, save_yaml
+
+    cfg = DataConfig(image_size=224, normalization="imagenet", augment=AugmentConfig(enabled=True, rotation=5))
+    save_yaml(cfg, tmp_path / "c.yaml")
+    assert load_yaml(DataConfig, tmp_path / "c.yaml") == cfg
+    (tmp_path / "bad.yaml").write_text("image_sise: 128\n")
+    with pytest.raises(ConfigError, match="image_sise"):
+        load_yaml(DataConfig, tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="normalization"):
+        DataConfig(normalization="zscore")

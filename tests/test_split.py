@@ -1,0 +1,83 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrlab.data.split import load_split, make_split, save_split
+from cxrlab.errors import DataError
+
+
+def frame(n_patients=300, seed=0, pos_rate=0.25):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        y = int(rng.random() < pos_rate)
+        for k in range(int(rng.integers(1, 4))):
+            rows.append({"path": f"/x/{p}_{k}.png", "patient": str(p), "y": y, "split": ""})
+    return pd.DataFrame(rows)
+
+
+def test_no_patient_in_two_splits_and_fractions():
+    f = frame()
+    split, _ = make_split(f, 0.15, 0.15, seed=1)
+    assert (f.assign(s=split).groupby("patient")["s"].nunique() == 1).all()
+    frac = split.value_counts(normalize=True)
+    assert abs(frac["test"] - 0.15) < 0.03 and abs(frac["val"] - 0.15) < 0.03
+
+
+def test_stratified_within_tolerance():
+    f = frame(pos_rate=0.2)
+    split, _ = make_split(f, 0.15, 0.15, seed=3)
+    rates = f["y"].groupby(split).mean()
+    assert (abs(rates - f["y"].mean()) < 0.05).all()
+
+
+def test_same_seed_same_split_other_seed_other_split():
+    f = frame()
+    a, _ = make_split(f, 0.15, 0.15, seed=7)
+    b, _ = make_split(f, 0.15, 0.15, seed=7)
+    c, _ = make_split(f, 0.15, 0.15, seed=8)
+    assert a.equals(b) and not a.equals(c)
+
+
+def test_lesson_scheme_fractions():
+    from cxrlab.config import DataConfig
+
+    val, test = DataConfig(split_scheme="lesson").fractions()
+    assert test == 0.15 and val == pytest.approx(0.1275)
+
+
+def test_presplit_keeps_test_and_resplits_tiny_val():
+    f = frame(200)
+    f["split"] = "train"
+    f.loc[f.index[-40:], "split"] = "test"
+    f.loc[f.index[:2], "split"] = "val"
+    f = f[~f["patient"].isin(f.loc[f["split"] == "test", "patient"]) | (f["split"] == "test")]
+    f.loc[f["patient"].isin(f.loc[f["split"] == "test", "patient"]), "split"] = "test"
+    split, notes = make_split(f.reset_index(drop=True), 0.15, 0.15, seed=0)
+    assert (split[f.reset_index(drop=True)["split"] == "test"] == "test").all()
+    assert (split == "val").sum() > 20 and "re-split" in notes[0]
+
+
+def test_presplit_leak_is_an_error():
+    f = frame(50)
+    f["split"] = "train"
+    f.loc[0, "split"] = "test"
+    f.loc[1, "patient"] = f.loc[0, "patient"]
+    with pytest.raises(DataError, match="patient leakage"):
+        make_split(f, 0.15, 0.15, seed=0, val_policy="keep")
+
+
+def test_split_file_round_trip(tmp_path):
+    f = frame()
+    f["split"], _ = make_split(f, 0.15, 0.15, seed=1)
+    save_split(f, tmp_path / "split.csv")
+    again = load_split(tmp_path / "split.csv", f.drop(columns="split"))
+    assert (again.to_numpy() == f["split"].to_numpy()).all()
+
+
+def test_split_file_missing_image(tmp_path):
+    f = frame(20)
+    f["split"], _ = make_split(f, 0.15, 0.15, seed=1)
+    save_split(f.iloc[1:], tmp_path / "split.csv")
+    with pytest.raises(DataError, match="not in the split file"):
+        load_split(tmp_path / "split.csv", f)
