@@ -57,6 +57,8 @@ def test_demo_runs_offline_and_is_deterministic(tmp_path):
     summary = json.loads((tmp_path / "d1" / "summary" / "summary.json").read_text())
     assert summary["task"] == {"positive": "effusion", "negatives": ["normal"]}
     assert summary["images"] > 200 and summary["patients"] < summary["images"]
+    history = (tmp_path / "d1" / "run" / "history.csv").read_text()
+    assert "trained seed-cnn (54,627 parameters)" in result.output and history.count("\n") == 21
     from cxrlab.demo import make_demo_data
 
     make_demo_data(tmp_path / "d2")

@@ -100,13 +100,86 @@ def data_summary(
 
 
 @app.command()
+def train(
+    data: Optional[Path] = typer.Argument(None, help="Training data (any layout `data summary` reads)."),
+    out: Optional[Path] = typer.Option(None, help="Run directory to create (default runs/<model>)."),
+    config: Optional[Path] = typer.Option(None, help="A config.yaml (e.g. RUN/config.yaml); flags override it."),
+    resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from RUN/last.ckpt."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    positive: Optional[str] = typer.Option(None, help="Positive label, e.g. Effusion."),
+    negative: Optional[List[str]] = typer.Option(None, help="Negative label(s); default: normal / No Finding."),
+    images: Optional[Path] = typer.Option(None, help="Images folder for a CSV."),
+    split_file: Optional[Path] = typer.Option(None, help="Reuse a split.csv (e.g. from another run)."),
+    model: Optional[str] = typer.Option(None, help="seed-cnn (default), seed-cnn-bn, kaggle-cnn, or a timm name."),
+    pretrained: Optional[str] = typer.Option(None, help="imagenet: timm's pretrained weights (internet once)."),
+    weights: Optional[Path] = typer.Option(None, help="Local backbone weights (.safetensors / .pth)."),
+    init_from: Optional[Path] = typer.Option(None, help="Start from the backbone of an earlier run."),
+    trainable_blocks: Optional[int] = typer.Option(None, help="0: frozen backbone; N: train its last N stages."),
+    epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None), weight_decay: Optional[float] = typer.Option(None),
+    grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
+    dropout: Optional[float] = typer.Option(None),
+    class_weights: Optional[bool] = typer.Option(None, "--class-weights/--no-class-weights",
+                                                 help="Weight positives by negatives/positives (default on)."),
+    monitor: Optional[str] = typer.Option(None, help="val_loss (default) or val_auc: picks the best checkpoint."),
+    early_stopping: Optional[int] = typer.Option(None, help="Stop after N epochs without improvement (0: off)."),
+    lr_patience: Optional[int] = typer.Option(None), lr_factor: Optional[float] = typer.Option(None),
+    min_lr: Optional[float] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None), deterministic: Optional[bool] = typer.Option(None),
+    device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda, cuda:N."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes."),
+    image_size: Optional[int] = typer.Option(None), normalization: Optional[str] = typer.Option(None),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment"),
+    split_scheme: Optional[str] = typer.Option(None), split_seed: Optional[int] = typer.Option(None),
+    val_policy: Optional[str] = typer.Option(None), on_bad_image: Optional[str] = typer.Option(None),
+    cache_dir: Optional[Path] = typer.Option(None),
+):
+    """Train a classifier into a run directory (config.yaml, split.csv, history.csv, weights, run.json)."""
+    from .config import TrainConfig, load_yaml, with_overrides
+    from .train import train as train_run
+
+    if resume:
+        cfg, out = TrainConfig(), resume
+    else:
+        cfg = load_yaml(TrainConfig, config) if config else TrainConfig()
+        given = {k: v for k, v in locals().items() if k in _TRAIN_FLAGS}
+        given = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()}
+        given["negative"] = negative or None
+        cfg = with_overrides(cfg, source=str(data) if data else None, images_dir=given.pop("images"), **given)
+        if not cfg.source:
+            raise typer.BadParameter("give DATA or --config with a source")
+        out = out or Path("runs") / cfg.model
+    with _Bar("decoding images") as bar:
+        run = train_run(cfg, out, overwrite=overwrite, resume=resume is not None,
+                        on_epoch=_print_epoch, progress=bar)
+    console.print(f"best epoch {run.best_epoch} ({run.config.monitor}); "
+                  f"{'stopped early; ' if run.stopped_early else ''}run directory: {run.dir.path}")
+
+
+_TRAIN_FLAGS = {"positive", "images", "split_file", "model", "pretrained", "weights", "init_from",
+                "trainable_blocks", "epochs", "batch_size", "lr", "weight_decay", "grad_clip", "dropout",
+                "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "seed",
+                "deterministic", "device", "workers", "image_size", "normalization", "augment",
+                "split_scheme", "split_seed", "val_policy", "on_bad_image", "cache_dir"}
+
+
+def _print_epoch(row: dict) -> None:
+    console.print(f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.3f}  "
+                  f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.3f}  val_auc {row['val_auc']:.3f}  "
+                  f"lr {row['lr']:.1e}  {row['seconds']:.1f}s{'  *' if row['best'] else ''}", highlight=False)
+
+
+@app.command()
 def demo(out: Path = typer.Option(Path("cxrlab-demo"), help="Folder for the synthetic data and results.")):
     """Make a synthetic chest-X-ray-like data set (offline, deterministic) and run the workflow on it."""
     from .demo import run_demo
 
     with _Bar("decoding images") as bar:
-        result = run_demo(out, progress=bar)
-    _print_summary(result["summary"], result["summary_dir"])
+        result = run_demo(out, progress=bar, on_epoch=_print_epoch, on_summary=_print_summary)
+    run = result["run"]
+    console.print(f"trained {run.info['model']['name']} ({run.info['parameters']:,} parameters) in "
+                  f"{run.info['train_seconds']:.1f}s; best epoch {run.best_epoch}, "
+                  f"val AUC {run.history['val_auc'].iloc[run.best_epoch - 1]:.3f}; run: {run.dir.path}")
 
 
 def main() -> None:

@@ -90,3 +90,74 @@ def load_yaml(cls, path: str | Path):
     if unknown:
         raise ConfigError(f"{path}: unknown config keys {sorted(unknown)}; valid keys: {sorted(names)}")
     return cls(**data)
+
+
+MONITORS = ("val_loss", "val_auc")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved as the run's config.yaml, which repeats the run."""
+
+    source: str = ""
+    positive: str | None = None
+    negative: list[str] | None = None
+    images_dir: str | None = None
+    split_file: str | None = None
+    model: str = "seed-cnn"
+    pretrained: str | None = None  # "imagenet" (timm backbones, needs internet once)
+    weights: str | None = None  # local backbone weights (.safetensors or a torch state dict)
+    init_from: str | None = None  # a run directory whose backbone to start from
+    trainable_blocks: int | None = None  # None: all; 0: frozen backbone; N: last N stages
+    dropout: float = 0.6
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    class_weights: bool = True  # pos_weight = negatives / positives of the training split
+    monitor: str = "val_loss"
+    early_stopping: int = 0  # patience in epochs; 0 = off
+    lr_patience: int = 2
+    lr_factor: float = 0.5
+    min_lr: float = 1e-6
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    workers: int = 0  # DataLoader workers
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self):
+        if isinstance(self.data, dict):
+            self.data = DataConfig(**self.data)
+        if isinstance(self.negative, str):
+            self.negative = [self.negative]
+        _check_choice("monitor", self.monitor, MONITORS)
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+
+
+def with_overrides(cfg: TrainConfig, **overrides) -> TrainConfig:
+    """A copy of `cfg` with the given keys replaced; None means 'not given'. Keys of the data
+    config (image_size, normalization, ...) reach cfg.data; `augment` switches augmentation."""
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    data_keys = {f.name for f in dataclasses.fields(DataConfig)} - {"augment"}
+    top, data, augment = {}, {}, None
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "augment":
+            augment = value
+        elif key in train_keys:
+            top[key] = value
+        elif key in data_keys:
+            data[key] = value
+        else:
+            raise ConfigError(f"unknown setting {key!r}")
+    new_data = dataclasses.replace(cfg.data, **data)
+    if augment is not None:
+        new_data.augment = dataclasses.replace(new_data.augment, enabled=bool(augment))
+    return dataclasses.replace(cfg, **top, data=new_data)

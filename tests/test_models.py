@@ -1,0 +1,83 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cxrlab.errors import ConfigError, CxrlabError
+from cxrlab.models import ModelSpec, count_parameters, create_model
+from cxrlab.models.transfer import set_trainable_blocks
+
+
+def test_seed_cnn_is_the_lessons_network():
+    model = create_model(ModelSpec("seed-cnn"))
+    assert count_parameters(model) == 54_627
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size[0]) for c in convs] == [(8, 3), (8, 3), (12, 3), (12, 3), (20, 5), (20, 5), (50, 5)]
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.features) == 6
+    assert model.head[3].p == 0.6
+    assert model(torch.zeros(2, 1, 256, 256)).shape == (2, 1)
+
+
+def test_seed_cnn_bn_adds_batchnorm_before_relu():
+    model = create_model(ModelSpec("seed-cnn-bn"))
+    kinds = [type(m).__name__ for m in model.features][:3]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU"]
+    assert model(torch.zeros(2, 1, 256, 256)).shape == (2, 1)
+
+
+def test_kaggle_cnn_shape():
+    model = create_model(ModelSpec("kaggle-cnn", image_size=224))
+    assert model(torch.zeros(2, 1, 224, 224)).shape == (2, 1)
+
+
+@pytest.mark.parametrize("chans", [1, 3])
+def test_timm_backbone_with_seed_head(chans):
+    model = create_model(ModelSpec("resnet18", in_chans=chans, image_size=64))
+    assert model(torch.zeros(2, chans, 64, 64)).shape == (2, 1)
+    assert isinstance(model.head[0], torch.nn.Linear) and model.head[0].out_features == 256
+
+
+def test_unknown_model():
+    with pytest.raises(ConfigError, match="unknown model 'resnet9000'"):
+        create_model(ModelSpec("resnet9000"))
+
+
+def test_pretrained_offline_is_a_clear_error(tmp_path):
+    # In a subprocess: the hub reads HF_HUB_OFFLINE at import time.
+    code = ("from cxrlab.models import create_model, ModelSpec\n"
+            "try:\n    create_model(ModelSpec('resnet18'), pretrained='imagenet')\n"
+            "except Exception as e:\n    print(type(e).__name__, e)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout
+    assert out.startswith("CxrlabError") and "--weights" in out and "internet" in out
+
+
+def test_local_weights_are_loaded(tmp_path):
+    from safetensors.torch import save_file
+
+    donor = create_model(ModelSpec("resnet18", image_size=64))
+    save_file(donor.backbone.state_dict(), str(tmp_path / "w.safetensors"))
+    model = create_model(ModelSpec("resnet18", image_size=64), weights=tmp_path / "w.safetensors")
+    assert torch.equal(model.backbone.conv1.weight, donor.backbone.conv1.weight)
+    torch.save({"nothing": torch.zeros(1)}, tmp_path / "foreign.pth")
+    with pytest.raises(CxrlabError, match="none of its tensors match"):
+        create_model(ModelSpec("resnet18", image_size=64), weights=tmp_path / "foreign.pth")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "seed-cnn"])
+def test_trainable_blocks(name):
+    model = create_model(ModelSpec(name, image_size=64))
+    backbone = model.backbone if name == "resnet18" else model.features
+    set_trainable_blocks(model, 0)
+    assert not any(p.requires_grad for p in backbone.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+    set_trainable_blocks(model, 1)
+    trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
+    frozen = [n for n, p in backbone.named_parameters() if not p.requires_grad]
+    assert trainable and frozen
+    if name == "resnet18":
+        assert all(n.startswith("layer4") for n in trainable)
+    set_trainable_blocks(model, None)
+    assert all(p.requires_grad for p in model.parameters())

@@ -1,0 +1,168 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cxrlab.config import DataConfig, TrainConfig, load_yaml
+from cxrlab.demo import make_demo_data
+from cxrlab.errors import CxrlabError
+from cxrlab.train import TrainingDiverged, train
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    return make_demo_data(tmp_path_factory.mktemp("demo"), n_patients=60, size=64)
+
+
+def config(demo_dir, tmp_path, **kw) -> TrainConfig:
+    data = DataConfig(image_size=64, cache_dir=str(tmp_path / "cache"))
+    return TrainConfig(source=str(demo_dir), positive="effusion", epochs=kw.pop("epochs", 3), data=data, **kw)
+
+
+def test_run_directory_contents(demo_dir, tmp_path):
+    run = train(config(demo_dir, tmp_path), tmp_path / "run")
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.yaml", "split.csv", "history.csv", "best.safetensors", "last.ckpt", "run.json", "curves.png"} <= names
+    hist = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert list(hist.columns) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"]
+    assert len(hist) == 3 and run.info["parameters"] == 54_627
+    assert run.info["counts"]["train"]["images"] > 0 and run.info["versions"]["torch"] == torch.__version__
+    assert load_yaml(TrainConfig, tmp_path / "run" / "config.yaml") == run.config
+
+
+def test_short_run_learns(tmp_path):
+    data = make_demo_data(tmp_path / "d", n_patients=120, size=128)
+    cfg = TrainConfig(source=str(data), positive="effusion", epochs=20, seed=0,
+                      data=DataConfig(image_size=128, cache_dir=str(tmp_path / "cache")))
+    run = train(cfg, tmp_path / "run")
+    assert run.history["val_auc"].max() > 0.9
+
+
+def test_frozen_backbone_stays_unchanged(demo_dir, tmp_path):
+    from cxrlab.models import ModelSpec, create_model
+
+    torch.manual_seed(0)
+    cfg = config(demo_dir, tmp_path, trainable_blocks=0, epochs=2)
+    run = train(cfg, tmp_path / "run")
+    torch.manual_seed(cfg.seed)  # the trainer seeds, then builds the model: rebuild the same init
+    init = create_model(ModelSpec("seed-cnn", image_size=64)).state_dict()
+    trained = load_file(str(tmp_path / "run" / "last.ckpt").replace("last.ckpt", "best.safetensors"))
+    assert all(torch.equal(trained[k], v) for k, v in init.items() if k.startswith("features."))
+    assert not all(torch.equal(trained[k], v) for k, v in init.items() if k.startswith("head."))
+    assert run.info["trainable_parameters"] < run.info["parameters"]
+
+
+def test_existing_run_dir_is_refused(demo_dir, tmp_path):
+    train(config(demo_dir, tmp_path, epochs=1), tmp_path / "run")
+    with pytest.raises(CxrlabError, match="already exists.*--overwrite"):
+        train(config(demo_dir, tmp_path, epochs=1), tmp_path / "run")
+    train(config(demo_dir, tmp_path, epochs=1), tmp_path / "run", overwrite=True)
+
+
+def test_unwritable_output_fails_before_training(demo_dir, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CxrlabError, match="cannot write the run directory"):
+        train(config(demo_dir, tmp_path), tmp_path / "file" / "run")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_dir, tmp_path, monkeypatch):
+    import cxrlab.train.trainer as trainer
+
+    calls = {"n": 0}
+
+    class PoisonedLoss(torch.nn.BCEWithLogitsLoss):
+        def forward(self, logits, y):
+            calls["n"] += 1
+            loss = super().forward(logits, y)
+            return loss * float("nan") if calls["n"] > 8 else loss  # epoch 1 has 5 batches at 64 px
+
+    monkeypatch.setattr(trainer.nn, "BCEWithLogitsLoss", PoisonedLoss)
+    with pytest.raises(TrainingDiverged, match="epoch 2"):
+        train(config(demo_dir, tmp_path, batch_size=16), tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def _final_weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "last.ckpt", weights_only=True)["model"]
+
+
+def test_resume_after_interruption_matches_uninterrupted(demo_dir, tmp_path):
+    cfg = config(demo_dir, tmp_path, epochs=4)
+    train(cfg, tmp_path / "full")
+
+    def interrupt(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", on_epoch=interrupt)
+    run = train(cfg, tmp_path / "cut", resume=True)
+    assert len(run.history) == 4
+    full, resumed = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "cut")
+    assert all(torch.allclose(full[k].float(), resumed[k].float(), atol=1e-5) for k in full)
+    a = pd.read_csv(tmp_path / "full" / "history.csv")
+    b = pd.read_csv(tmp_path / "cut" / "history.csv")
+    assert (a["val_loss"] - b["val_loss"]).abs().max() < 1e-5
+
+
+def test_resume_after_kill_9(demo_dir, tmp_path):
+    cfg = config(demo_dir, tmp_path, epochs=6)
+    train(cfg, tmp_path / "full")
+    from cxrlab.config import save_yaml
+
+    save_yaml(cfg, tmp_path / "cfg.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "cxrlab", "train", "--config", str(tmp_path / "cfg.yaml"),
+                             "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = tmp_path / "killed" / "history.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (history.exists() and len(history.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(pd.read_csv(history))
+    assert 2 <= done < 6, "the kill must land mid-run"
+    run = train(cfg, tmp_path / "killed", resume=True)
+    assert len(run.history) == 6
+    full, resumed = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "killed")
+    assert all(torch.allclose(full[k].float(), resumed[k].float(), atol=1e-5) for k in full)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_bad_checkpoint_on_resume_is_refused_and_untouched(demo_dir, tmp_path, damage):
+    train(config(demo_dir, tmp_path, epochs=1), tmp_path / "run")
+    ckpt = tmp_path / "run" / "last.ckpt"
+    if damage == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[:500])
+    else:
+        torch.save({"model": {"w": torch.zeros(1)}}, ckpt)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(CxrlabError, match="last.ckpt.*(truncated|not a cxrlab)"):
+        train(config(demo_dir, tmp_path, epochs=1), tmp_path / "run", resume=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+
+
+def test_cli_train_and_config_repeat_the_run(demo_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from cxrlab.cli import app
+
+    runner = CliRunner()
+    args = ["train", str(demo_dir), "--positive", "effusion", "--epochs", "2", "--image-size", "64",
+            "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "a"), "--lr", "0.002"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "epoch   2" in result.output and "run directory" in result.output
+    cfg = load_yaml(TrainConfig, tmp_path / "a" / "config.yaml")
+    assert cfg.lr == 0.002 and cfg.data.image_size == 64
+    result = runner.invoke(app, ["train", "--config", str(tmp_path / "a" / "config.yaml"), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    a, b = (pd.read_csv(tmp_path / d / "history.csv") for d in "ab")
+    assert (a["val_loss"] - b["val_loss"]).abs().max() < 1e-6
