@@ -31,7 +31,8 @@ def test_run_directory_contents(demo_dir, tmp_path):
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"config.yaml", "split.csv", "history.csv", "best.safetensors", "last.ckpt", "run.json", "curves.png"} <= names
     hist = pd.read_csv(tmp_path / "run" / "history.csv")
-    assert list(hist.columns) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"]
+    assert list(hist.columns) == ["epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"]
+    assert any((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert len(hist) == 3 and run.info["parameters"] == 54_627
     assert run.info["counts"]["train"]["images"] > 0 and run.info["versions"]["torch"] == torch.__version__
     assert load_yaml(TrainConfig, tmp_path / "run" / "config.yaml") == run.config
@@ -143,10 +144,10 @@ def test_bad_checkpoint_on_resume_is_refused_and_untouched(demo_dir, tmp_path, d
         ckpt.write_bytes(ckpt.read_bytes()[:500])
     else:
         torch.save({"model": {"w": torch.zeros(1)}}, ckpt)
-    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
     with pytest.raises(CxrlabError, match="last.ckpt.*(truncated|not a cxrlab)"):
         train(config(demo_dir, tmp_path, epochs=1), tmp_path / "run", resume=True)
-    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
 
 
 def test_cli_train_and_config_repeat_the_run(demo_dir, tmp_path):
@@ -166,3 +167,47 @@ def test_cli_train_and_config_repeat_the_run(demo_dir, tmp_path):
     assert result.exit_code == 0, result.output
     a, b = (pd.read_csv(tmp_path / d / "history.csv") for d in "ab")
     assert (a["val_loss"] - b["val_loss"]).abs().max() < 1e-6
+
+
+def test_feature_caching_gives_the_same_head_as_recomputing(demo_dir, tmp_path):
+    runs = {}
+    for cached in (True, False):
+        cfg = config(demo_dir, tmp_path, trainable_blocks=0, epochs=3, cache_features=cached)
+        runs[cached] = train(cfg, tmp_path / f"run-{cached}")
+    assert runs[True].info["features_cached"] and not runs[False].info["features_cached"]
+    a, b = (_final_weights(tmp_path / f"run-{c}") for c in (True, False))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a if k.startswith("head."))
+    assert (runs[True].history["val_loss"] - runs[False].history["val_loss"]).abs().max() < 1e-5
+
+
+def test_two_phase_schedule_unfreezes_at_lower_lr(demo_dir, tmp_path):
+    cfg = config(demo_dir, tmp_path, trainable_blocks=0, epochs=2, finetune_epochs=2, finetune_blocks=2,
+                 finetune_lr_factor=0.1)
+    run = train(cfg, tmp_path / "run")
+    hist = run.history
+    assert hist["phase"].tolist() == [1, 1, 2, 2]
+    assert hist["lr"].iloc[2] == pytest.approx(cfg.lr * 0.1)
+    w1 = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["model"]
+    from cxrlab.models import ModelSpec, create_model
+
+    torch.manual_seed(cfg.seed)
+    init = create_model(ModelSpec("seed-cnn", image_size=64)).state_dict()
+    # the first convs stayed frozen throughout; the last conv was fine-tuned in phase 2
+    assert torch.equal(w1["features.0.weight"], init["features.0.weight"])
+    assert not torch.equal(w1["features.18.weight"], init["features.18.weight"])
+
+
+def test_two_process_ddp_gives_one_consistent_checkpoint(demo_dir, tmp_path):
+    cfg = config(demo_dir, tmp_path, epochs=2, devices=2)
+    run = train(cfg, tmp_path / "run")
+    assert run.info["processes"] == 2 and len(run.history) == 2
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.ckpt")) == ["last.ckpt"]
+    # The saved weights reproduce the logged validation loss: the checkpoint is the trained model.
+    from cxrlab.evaluate import predict_split
+    from torch.nn.functional import binary_cross_entropy
+
+    val = predict_split(tmp_path / "run", "val")
+    loss = binary_cross_entropy(torch.tensor(val["score"].to_numpy(), dtype=torch.float64),
+                                torch.tensor(val["y"].to_numpy(), dtype=torch.float64))
+    best = run.history.loc[run.history["epoch"] == run.best_epoch, "val_loss"].item()
+    assert float(loss) == pytest.approx(best, abs=1e-4)

@@ -127,6 +127,7 @@ def train(
     min_lr: Optional[float] = typer.Option(None),
     seed: Optional[int] = typer.Option(None), deterministic: Optional[bool] = typer.Option(None),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda, cuda:N."),
+    precision: Optional[str] = typer.Option(None, help="auto (mixed on GPU, fp32 on CPU), fp32, bf16."),
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes."),
     image_size: Optional[int] = typer.Option(None), normalization: Optional[str] = typer.Option(None),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment"),
@@ -159,7 +160,7 @@ def train(
 _TRAIN_FLAGS = {"positive", "images", "split_file", "model", "pretrained", "weights", "init_from",
                 "trainable_blocks", "epochs", "batch_size", "lr", "weight_decay", "grad_clip", "dropout",
                 "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "seed",
-                "deterministic", "device", "workers", "image_size", "normalization", "augment",
+                "deterministic", "device", "precision", "workers", "image_size", "normalization", "augment",
                 "split_scheme", "split_seed", "val_policy", "on_bad_image", "cache_dir"}
 
 

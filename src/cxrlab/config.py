@@ -93,6 +93,7 @@ def load_yaml(cls, path: str | Path):
 
 
 MONITORS = ("val_loss", "val_auc")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -109,6 +110,10 @@ class TrainConfig:
     weights: str | None = None  # local backbone weights (.safetensors or a torch state dict)
     init_from: str | None = None  # a run directory whose backbone to start from
     trainable_blocks: int | None = None  # None: all; 0: frozen backbone; N: last N stages
+    finetune_epochs: int = 0  # second phase (the seeds' two-phase schedule); 0 = none
+    finetune_blocks: int | None = 2  # stages unfrozen in the second phase (None: all)
+    finetune_lr_factor: float = 0.1  # second-phase lr = lr x this (the seeds use 10-100x lower)
+    cache_features: bool = True  # frozen backbone, no augmentation: compute its features once
     dropout: float = 0.6
     epochs: int = 10
     batch_size: int = 16
@@ -124,7 +129,9 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto: mixed on CUDA, fp32 on CPU | fp32 | bf16 (autocast, CPU or GPU)
     workers: int = 0  # DataLoader workers
+    devices: int = 1  # data-parallel processes on this node (DDP); torchrun/SLURM set their own
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self):
@@ -133,6 +140,7 @@ class TrainConfig:
         if isinstance(self.negative, str):
             self.negative = [self.negative]
         _check_choice("monitor", self.monitor, MONITORS)
+        _check_choice("precision", self.precision, PRECISIONS)
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -12,7 +12,8 @@ from .errors import CxrlabError
 
 
 class RunDir:
-    """config.yaml, split.csv, history.csv, best.safetensors, last.ckpt, run.json, curves.png."""
+    """config.yaml, split.csv, history.csv, best.safetensors, last.ckpt, run.json, curves.png,
+    tensorboard/ (event files)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -24,6 +25,7 @@ class RunDir:
     last_checkpoint = property(lambda self: self.path / "last.ckpt")
     info = property(lambda self: self.path / "run.json")
     curves = property(lambda self: self.path / "curves.png")
+    tensorboard = property(lambda self: self.path / "tensorboard")
 
     def prepare(self, overwrite: bool = False, resume: bool = False) -> None:
         """Fail before training if the directory is in use or cannot be written."""

@@ -49,8 +49,11 @@ class TimmClassifier(nn.Module):
         self.head = nn.Sequential(nn.Linear(self.backbone.num_features, hidden), nn.ReLU(),
                                   nn.Dropout(dropout), nn.Linear(hidden, 1))
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.head(self.forward_features(x))
 
 
 def create_model(spec: ModelSpec, pretrained: str | None = None, weights: str | Path | None = None) -> nn.Module:

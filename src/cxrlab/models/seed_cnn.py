@@ -43,8 +43,11 @@ class SeedCNN(nn.Module):
                                   nn.Linear(128, 32), nn.ReLU(), nn.Linear(32, 1))
         keras_init(self)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(x)))
+        return self.head(self.forward_features(x))
 
 
 class KaggleCNN(nn.Module):
@@ -66,5 +69,8 @@ class KaggleCNN(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 1))
         keras_init(self)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.forward_features(x))

@@ -18,14 +18,16 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA GPUs that support it, fp16 on older ones; none on CPU (the trainer's
-    CPU path is measured in BENCHMARKS.md before anything else is turned on)."""
-    if device.type != "cuda":
+def autocast(device: torch.device, precision: str = "auto"):
+    """auto: bf16 autocast on CUDA GPUs that support it, fp16 on older ones, fp32 on CPU.
+    bf16: bf16 autocast on any device (on CPUs with AVX-512 BF16/AMX it is much faster; its accuracy
+    is measured in BENCHMARKS.md). fp32: no autocast."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast("cuda", dtype=torch.float16)
 
 
-def needs_grad_scaler(device: torch.device) -> bool:
-    return device.type == "cuda" and not torch.cuda.is_bf16_supported()
+def needs_grad_scaler(device: torch.device, precision: str = "auto") -> bool:
+    return device.type == "cuda" and precision == "auto" and not torch.cuda.is_bf16_supported()

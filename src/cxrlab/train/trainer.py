@@ -1,8 +1,9 @@
 """The training loop: Adam + BCE with logits, class weighting, best checkpoint, early stopping,
-LR reduction on plateau, atomic checkpoints every epoch, exact resume.
+LR reduction on plateau, an optional second fine-tuning phase, atomic checkpoints every epoch,
+exact resume, data-parallel processes, and feature caching for frozen backbones.
 
 A plain loop rather than Lightning: the whole loop is this file, resume is bit-exact (we own
-every RNG and state), and on a 2-core CPU it has no framework overhead to measure around.
+every RNG and state), and on a 2-core CPU there is no framework overhead to measure around.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..checkpoint import atomic_torch_save, load_checkpoint, load_state_dict, save_weights
 from ..config import TrainConfig, load_yaml, save_yaml
@@ -29,10 +30,13 @@ from ..models import ModelSpec, count_parameters, create_model
 from ..models.registry import backbone_of
 from ..models.transfer import freeze_bn_stats, set_trainable_blocks
 from ..runs import RunDir
+from . import dist as distributed
 from .device import autocast, needs_grad_scaler, select_device
+from .features import extract_features
 from .metrics import epoch_metrics
 
 CHECKPOINT_FORMAT = "cxrlab-checkpoint-1"
+HISTORY_COLUMNS = ["epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"]
 
 
 class TrainingDiverged(CxrlabError):
@@ -41,7 +45,7 @@ class TrainingDiverged(CxrlabError):
 
 @dataclass
 class Run:
-    """A finished (or stopped) training run and where everything is."""
+    """A finished (or early-stopped) training run and where everything is."""
 
     dir: RunDir
     config: TrainConfig
@@ -51,9 +55,36 @@ class Run:
     info: dict
 
 
+@dataclass
+class Phase:
+    epochs: int
+    trainable_blocks: int | None
+    lr: float
+
+
+@dataclass
+class State:
+    """Everything the loop carries between epochs; saved in last.ckpt."""
+
+    epoch: int = 0
+    phase: int = 0
+    phase_start: int = 1
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
 def model_spec(cfg: TrainConfig) -> ModelSpec:
     channels = 3 if cfg.data.normalization == "imagenet" else 1
     return ModelSpec(cfg.model, channels, cfg.data.image_size, cfg.data.normalization, cfg.dropout)
+
+
+def phases_of(cfg: TrainConfig) -> list[Phase]:
+    phases = [Phase(cfg.epochs, cfg.trainable_blocks, cfg.lr)]
+    if cfg.finetune_epochs:
+        phases.append(Phase(cfg.finetune_epochs, cfg.finetune_blocks, cfg.lr * cfg.finetune_lr_factor))
+    return phases
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -65,23 +96,14 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _loaders(data: LoadedData, cfg: TrainConfig, channels: int, epoch: int):
-    collate = make_collate(cfg.data.normalization, channels)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # the shuffle order depends on epoch only
-    train = DataLoader(data.dataset("train", augment=cfg.data.augment.enabled), batch_size=cfg.batch_size,
-                       shuffle=True, generator=gen, collate_fn=collate, num_workers=cfg.workers)
-    val = DataLoader(data.dataset("val"), batch_size=max(64, cfg.batch_size), collate_fn=collate,
-                     num_workers=cfg.workers)
-    return train, val
-
-
 @torch.no_grad()
-def predict_scores(model: nn.Module, loader, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
+def predict_scores(model: nn.Module, loader, device: torch.device,
+                   precision: str = "auto") -> tuple[np.ndarray, np.ndarray, float]:
     """(labels, sigmoid scores, mean BCE loss) over a loader, in eval mode."""
     model.eval()
     ys, logits = [], []
     for x, y in loader:
-        with autocast(device):
+        with autocast(device, precision):
             out = model(x.to(device, memory_format=torch.channels_last)).float().squeeze(1)
         logits.append(out.cpu())
         ys.append(y)
@@ -91,8 +113,9 @@ def predict_scores(model: nn.Module, loader, device: torch.device) -> tuple[np.n
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-            "numpy_pos": int(np.random.get_state()[2]), "python": torch.tensor(random.getstate()[1], dtype=torch.int64)}
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_pos": int(np_state[2]), "python": torch.tensor(random.getstate()[1], dtype=torch.int64)}
 
 
 def _set_rng_state(state: dict) -> None:
@@ -103,154 +126,280 @@ def _set_rng_state(state: dict) -> None:
 
 def _init_from_run(model: nn.Module, run_dir: str) -> None:
     """Domain transfer: copy the backbone of an earlier run (same architecture) into this model."""
-    src = RunDir(run_dir)
-    state = load_state_dict(src.best_weights)
-    backbone = backbone_of(model)
+    state = load_state_dict(RunDir(run_dir).best_weights)
     prefix = "backbone." if hasattr(model, "backbone") else "features."
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    missing, _ = backbone.load_state_dict(sub, strict=False)
+    missing, _ = backbone_of(model).load_state_dict(sub, strict=False)
     if missing:
         raise CxrlabError(f"--init-from {run_dir}: its backbone does not match this model "
                           f"({len(missing)} tensors missing, e.g. {missing[0]}); use the same --model")
+
+
+class _Loop:
+    """One training run's moving parts; `run()` drives the phases and epochs."""
+
+    def __init__(self, cfg: TrainConfig, run: RunDir, data: LoadedData, ctx: distributed.DistContext,
+                 on_epoch: Callable[[dict], None] | None):
+        self.cfg, self.run_dir, self.data, self.ctx, self.on_epoch = cfg, run, data, ctx, on_epoch
+        self.spec = model_spec(cfg)
+        self.device = select_device(cfg.device)
+        if ctx.active and self.device.type == "cuda":
+            self.device = torch.device("cuda", ctx.local_rank)  # one GPU per process
+        self.model = create_model(self.spec, cfg.pretrained, cfg.weights)
+        if cfg.init_from:
+            _init_from_run(self.model, cfg.init_from)
+        self.model.to(self.device, memory_format=torch.channels_last)
+        train_y = data.frame.loc[data.frame["split"] == "train", "y"]
+        n_pos, n_neg = int(train_y.sum()), int((train_y == 0).sum())
+        self.pos_weight = n_neg / max(n_pos, 1) if cfg.class_weights else None
+        pw = torch.tensor([self.pos_weight], device=self.device) if self.pos_weight else None
+        self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=pw)
+        self.scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.device, cfg.precision) else None
+        self.collate = make_collate(cfg.data.normalization, self.spec.in_chans)
+        self.val_loader = DataLoader(data.dataset("val"), batch_size=max(64, cfg.batch_size),
+                                     collate_fn=self.collate, num_workers=cfg.workers)
+        self.state = State()
+        self.stopped_early = False
+        self.writer = None
+        if ctx.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run.tensorboard))
+
+    # -- setup per phase -------------------------------------------------------------------------
+    def _start_phase(self, phase: Phase, resume_ckpt: dict | None):
+        set_trainable_blocks(self.model, phase.trainable_blocks)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=phase.lr, weight_decay=self.cfg.weight_decay)
+        mode = "min" if self.cfg.monitor == "val_loss" else "max"
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode=mode, factor=self.cfg.lr_factor, patience=self.cfg.lr_patience,
+            min_lr=self.cfg.min_lr)
+        if resume_ckpt is not None:
+            self.optimizer.load_state_dict(resume_ckpt["optimizer"])
+            self.scheduler.load_state_dict(resume_ckpt["scheduler"])
+        self.frozen = phase.trainable_blocks == 0
+        self.ddp = None
+        if self.ctx.active and self.params:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.cached = None
+        if self.frozen and self.cfg.cache_features and not self.cfg.data.augment.enabled:
+            # its own generator: iterating a DataLoader draws a seed, which must not shift the
+            # global RNG (dropout masks) relative to a run that recomputes the features
+            train_loader = DataLoader(self.data.dataset("train"), batch_size=64, collate_fn=self.collate,
+                                      num_workers=self.cfg.workers, generator=torch.Generator())
+            self.cached = extract_features(self.model, train_loader, self.device, self.cfg.precision)
+
+    def _train_batches(self, epoch: int):
+        """Batches of (input, label, forward) for this epoch, in an order fixed by seed and epoch."""
+        cfg, world = self.cfg, self.ctx.world
+        dataset = self.cached if self.cached is not None else \
+            self.data.dataset("train", augment=cfg.data.augment.enabled)
+        batch = max(1, cfg.batch_size // world)  # the global batch stays cfg.batch_size
+        if self.ctx.active:
+            sampler = DistributedSampler(dataset, world, self.ctx.rank, shuffle=True, seed=cfg.seed)
+            sampler.set_epoch(epoch)
+            loader = DataLoader(dataset, batch_size=batch, sampler=sampler,
+                                collate_fn=None if self.cached is not None else self.collate, num_workers=cfg.workers)
+        else:
+            gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            loader = DataLoader(dataset, batch_size=batch, shuffle=True, generator=gen,
+                                collate_fn=None if self.cached is not None else self.collate, num_workers=cfg.workers)
+        forward = self.model.head if self.cached is not None else (self.ddp or self.model)
+        for x, y in loader:
+            if self.cached is None:
+                x = x.to(self.device, memory_format=torch.channels_last)
+            yield x.to(self.device), y.to(self.device), forward
+
+    # -- one epoch ---------------------------------------------------------------------------------
+    def _epoch(self, epoch: int) -> dict:
+        t0 = time.perf_counter()
+        self.model.train()
+        if self.frozen:
+            backbone_of(self.model).eval()  # a frozen backbone is a fixed feature extractor
+        else:
+            freeze_bn_stats(self.model)
+        total, n, correct = 0.0, 0, 0
+        for x, y, forward in self._train_batches(epoch):
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast(self.device, self.cfg.precision):
+                logits = forward(x).float().reshape(-1)
+            loss = self.loss_fn(logits, y)
+            finite = self.ctx.sum(float(torch.isfinite(loss)))[0] == self.ctx.world
+            if not finite:
+                raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch}; training stopped. "
+                                       f"{self.run_dir.last_checkpoint} holds the last good epoch. "
+                                       "Try a lower --lr or --grad-clip.")
+            if self.scaler:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            if self.cfg.grad_clip:
+                nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            total += loss.item() * len(y)
+            n += len(y)
+            correct += int(((logits.detach() > 0) == (y > 0.5)).sum())
+        total, n, correct = self.ctx.sum(total, n, correct)
+        vy, vs, vloss = predict_scores(self.model, self.val_loader, self.device, self.cfg.precision)
+        vm = epoch_metrics(vy, vs)
+        return {"epoch": epoch, "phase": self.state.phase + 1, "train_loss": total / n, "train_acc": correct / n,
+                "val_loss": vloss, "val_acc": vm["acc"], "val_auc": vm["auc"],
+                "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+
+    def _after_epoch(self, row: dict) -> None:
+        st, cfg = self.state, self.cfg
+        st.history.append(row)
+        st.epoch = row["epoch"]
+        score = row[cfg.monitor]
+        if math.isnan(score):  # AUC undefined (one class in val): fall back to the loss
+            score = row["val_loss"]
+        better = (lambda a, b: a < b) if cfg.monitor == "val_loss" else (lambda a, b: a > b)
+        improved = st.best is None or better(score, st.best)
+        if improved:
+            st.best, st.best_epoch, st.bad_epochs = score, row["epoch"], 0
+        else:
+            st.bad_epochs += 1
+        self.scheduler.step(score)
+        if self.ctx.main:
+            if improved:
+                save_weights(self.model, self.run_dir.best_weights)
+            self._save_checkpoint()
+            pd.DataFrame(st.history, columns=HISTORY_COLUMNS).to_csv(self.run_dir.history, index=False)
+            for key in HISTORY_COLUMNS[2:]:
+                self.writer.add_scalar(key, row[key], row["epoch"])
+            self.writer.flush()
+            if self.on_epoch:
+                self.on_epoch({**row, "best": improved})
+        self.ctx.barrier()
+
+    def _save_checkpoint(self) -> None:
+        st = self.state
+        frame = pd.DataFrame(st.history, columns=HISTORY_COLUMNS)
+        atomic_torch_save({
+            "format": CHECKPOINT_FORMAT, "epoch": st.epoch, "phase": st.phase, "phase_start": st.phase_start,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "rng": _rng_state(),
+            "history": torch.tensor(frame.to_numpy(dtype=np.float64)), "history_columns": list(frame.columns),
+            "best": st.best, "best_epoch": st.best_epoch, "bad_epochs": st.bad_epochs,
+        }, self.run_dir.last_checkpoint)
+
+    def restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        _set_rng_state(ckpt["rng"])
+        history = [dict(zip(ckpt["history_columns"], row)) for row in ckpt["history"].tolist()]
+        for row in history:
+            row["epoch"], row["phase"] = int(row["epoch"]), int(row["phase"])
+        self.state = State(ckpt["epoch"], ckpt["phase"], ckpt["phase_start"], ckpt["best"], ckpt["best_epoch"],
+                           ckpt["bad_epochs"], history)
+
+    # -- the run -----------------------------------------------------------------------------------
+    def run(self, resume_ckpt: dict | None) -> None:
+        phases = phases_of(self.cfg)
+        st = self.state
+        while st.phase < len(phases):
+            phase = phases[st.phase]
+            self._start_phase(phase, resume_ckpt)
+            resume_ckpt = None
+            patience = self.cfg.early_stopping
+            for epoch in range(st.epoch + 1, st.phase_start + phase.epochs):
+                if patience and st.bad_epochs >= patience:
+                    break
+                self._after_epoch(self._epoch(epoch))
+            if patience and st.bad_epochs >= patience:
+                self.stopped_early = True
+            st.phase += 1
+            if st.phase < len(phases):  # the next phase starts from the best weights so far
+                st.phase_start, st.bad_epochs = st.epoch + 1, 0
+                self.ctx.barrier()
+                self.model.load_state_dict(load_state_dict(self.run_dir.best_weights))
+        if self.writer:
+            self.writer.close()
 
 
 def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
           on_epoch: Callable[[dict], None] | None = None,
           progress: Callable[[int, int], None] | None = None) -> Run:
     """Train `cfg` into run directory `out`. With resume=True the run's own config.yaml and
-    last.ckpt are used, and training continues where it stopped."""
+    last.ckpt are used, and training continues where it stopped. With cfg.devices > 1, that many
+    data-parallel processes are started here; under torchrun the launched processes cooperate."""
     run = RunDir(out)
-    run.prepare(overwrite=overwrite, resume=resume)
-    ckpt = None
     if resume:
-        ckpt = load_checkpoint(run.last_checkpoint)  # validate before anything else is touched
+        run.prepare(resume=True)
+        load_checkpoint(run.last_checkpoint)  # validate before anything else is touched
         cfg = load_yaml(TrainConfig, run.config)
+    if cfg.devices > 1 and not distributed.launched_by_torchrun():
+        if not resume:
+            run.prepare(overwrite=overwrite)
+        distributed.spawn(_train_process, cfg.devices, cfg, str(out), True, on_epoch, progress)
+        return load_run(out)
+    return _train_process(cfg, str(out), resume or False, on_epoch, progress, overwrite)
+
+
+def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress, overwrite: bool = False):
+    run = RunDir(out)
+    ctx = distributed.init_from_env("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    resuming = resume and run.last_checkpoint.exists()
+    if ctx.main and not resuming:
+        run.prepare(overwrite=overwrite or ctx.active)
+    ctx.barrier()
+    ckpt = load_checkpoint(run.last_checkpoint) if resuming else None
     seed_everything(cfg.seed, cfg.deterministic)
-    split_file = run.split if resume else cfg.split_file
-    data = load_data(cfg.source, cfg.positive, cfg.negative, cfg.images_dir, cfg.data, split_file, progress)
+    split_file = run.split if resuming else cfg.split_file
+    if ctx.main:  # one process decodes; the others then find the cache warm
+        data = load_data(cfg.source, cfg.positive, cfg.negative, cfg.images_dir, cfg.data, split_file, progress)
+    ctx.barrier()
+    if not ctx.main:
+        data = load_data(cfg.source, cfg.positive, cfg.negative, cfg.images_dir, cfg.data, split_file)
     if data.task is None:
         raise CxrlabError("no task: pass --positive (and --negative) to choose the classes")
-    if not resume:
+    if ctx.main and not resuming:
         save_split(data.frame, run.split)
         save_yaml(cfg, run.config)
-
-    spec = model_spec(cfg)
-    device = select_device(cfg.device)
-    model = create_model(spec, cfg.pretrained, cfg.weights)
-    if cfg.init_from and not resume:
-        _init_from_run(model, cfg.init_from)
-    set_trainable_blocks(model, cfg.trainable_blocks)
-    model.to(device, memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    mode = "min" if cfg.monitor == "val_loss" else "max"
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=cfg.lr_factor,
-                                                           patience=cfg.lr_patience, min_lr=cfg.min_lr)
-    train_y = data.frame.loc[data.frame["split"] == "train", "y"]
-    n_pos, n_neg = int(train_y.sum()), int((train_y == 0).sum())
-    pos_weight = torch.tensor([n_neg / max(n_pos, 1)]) if cfg.class_weights else None
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device) if pos_weight is not None else None)
-    scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device) else None
-
-    history: list[dict] = []
-    best, best_epoch, bad_epochs, start_epoch = None, 0, 0, 1
+    loop = _Loop(cfg, run, data, ctx, on_epoch if ctx.main else None)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
-        history = [dict(zip(ckpt["history_columns"], row)) for row in ckpt["history"].tolist()]
-        best, best_epoch, bad_epochs = ckpt["best"], ckpt["best_epoch"], ckpt["bad_epochs"]
-        start_epoch = ckpt["epoch"] + 1
-
-    stopped_early = False
-    t_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        train_loader, val_loader = _loaders(data, cfg, spec.in_chans, epoch)
-        model.train()
-        freeze_bn_stats(model)
-        total, n, correct = 0.0, 0, 0
-        for x, y in train_loader:
-            x, y = x.to(device, memory_format=torch.channels_last), y.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device):
-                logits = model(x).float().squeeze(1)
-            loss = loss_fn(logits, y)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch}; training stopped. "
-                                       f"{run.last_checkpoint} holds the last good epoch. Try a lower --lr "
-                                       "or --grad-clip.")
-            if scaler:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            total += loss.item() * len(y)
-            n += len(y)
-            correct += int(((logits.detach() > 0) == (y > 0.5)).sum())
-        vy, vs, vloss = predict_scores(model, val_loader, device)
-        vm = epoch_metrics(vy, vs)
-        row = {"epoch": epoch, "train_loss": total / n, "train_acc": correct / n, "val_loss": vloss,
-               "val_acc": vm["acc"], "val_auc": vm["auc"], "lr": optimizer.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - t0}
-        history.append(row)
-        score = row[cfg.monitor]
-        if math.isnan(score):
-            score = row["val_loss"]
-        improved = best is None or (score < best if mode == "min" else score > best)
-        if improved:
-            best, best_epoch, bad_epochs = score, epoch, 0
-            save_weights(model, run.best_weights)
-        else:
-            bad_epochs += 1
-        scheduler.step(score)
-        _save_checkpoint(run, model, optimizer, scheduler, epoch, history, best, best_epoch, bad_epochs)
-        pd.DataFrame(history).to_csv(run.history, index=False)
-        if on_epoch:
-            on_epoch({**row, "best": improved})
-        if cfg.early_stopping and bad_epochs >= cfg.early_stopping:
-            stopped_early = True
-            break
-
-    hist = pd.DataFrame(history)
+        loop.restore(ckpt)
+    t0 = time.perf_counter()
+    loop.run(ckpt)
+    if not ctx.main:
+        return None
+    hist = pd.DataFrame(loop.state.history, columns=HISTORY_COLUMNS)
     from .curves import plot_learning_curves
 
     plot_learning_curves(hist, run.curves)
+    frame = data.frame
     info = {
-        "task": data.task.to_dict(), "source": str(cfg.source), "model": spec.__dict__,
-        "parameters": count_parameters(model), "trainable_parameters": count_parameters(model, True),
-        "counts": {s: {"images": int((data.frame["split"] == s).sum()),
-                       "positives": int(data.frame.loc[data.frame["split"] == s, "y"].sum()),
-                       "patients": int(data.frame.loc[data.frame["split"] == s, "patient"].nunique())}
+        "task": data.task.to_dict(), "source": str(cfg.source), "model": loop.spec.__dict__,
+        "parameters": count_parameters(loop.model), "trainable_parameters": count_parameters(loop.model, True),
+        "counts": {s: {"images": int((frame["split"] == s).sum()),
+                       "positives": int(frame.loc[frame["split"] == s, "y"].sum()),
+                       "patients": int(frame.loc[frame["split"] == s, "patient"].nunique())}
                    for s in ("train", "val", "test")},
         "excluded_by_task": data.excluded, "skipped": data.skipped, "notes": data.notes,
-        "pos_weight": float(pos_weight) if pos_weight is not None else None,
-        "best_epoch": best_epoch, "best_" + cfg.monitor: best, "epochs_run": len(history),
-        "stopped_early": stopped_early, "device": str(device),
+        "pos_weight": loop.pos_weight, "best_epoch": loop.state.best_epoch, "monitor": cfg.monitor,
+        "best_score": loop.state.best, "epochs_run": len(hist), "stopped_early": loop.stopped_early,
+        "device": str(loop.device), "precision": cfg.precision, "processes": ctx.world,
+        "features_cached": loop.cached is not None,
         "train_seconds": float(hist["seconds"].sum()) if len(hist) else 0.0,
-        "wall_seconds_this_session": time.perf_counter() - t_start,
+        "wall_seconds_last_session": time.perf_counter() - t0,
         "versions": _versions(), "git_commit": _git_commit(),
     }
     run.write_info(info)
-    return Run(run, cfg, hist, best_epoch, stopped_early, info)
+    return Run(run, cfg, hist, loop.state.best_epoch, loop.stopped_early, info)
 
 
-def _save_checkpoint(run, model, optimizer, scheduler, epoch, history, best, best_epoch, bad_epochs):
-    frame = pd.DataFrame(history)
-    atomic_torch_save({
-        "format": CHECKPOINT_FORMAT, "epoch": epoch, "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
-        "history": torch.tensor(frame.to_numpy(dtype=np.float64)), "history_columns": list(frame.columns),
-        "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-    }, run.last_checkpoint)
+def load_run(out: str | Path) -> Run:
+    """A Run from what a finished run directory holds."""
+    run = RunDir(out)
+    info = run.read_info()
+    return Run(run, load_yaml(TrainConfig, run.config), pd.read_csv(run.history), info["best_epoch"],
+               info["stopped_early"], info)
 
 
 def _versions() -> dict:

@@ -1,0 +1,80 @@
+"""Data-parallel helpers: one process per device, gloo on CPU, NCCL on GPUs.
+
+`cxrlab train --devices N` spawns N local processes; torchrun (and SLURM through torchrun) sets
+RANK/WORLD_SIZE/MASTER_ADDR itself, and the trainer joins that group instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def sum(self, *values: float) -> list[float]:
+        """Sum numbers over all processes (identity when single-process)."""
+        if not self.active:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def init_from_env(device_type: str) -> DistContext:
+    """Join the process group described by the environment (torchrun, or our own spawn)."""
+    if not launched_by_torchrun():
+        return DistContext()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local)
+    return DistContext(dist.get_rank(), dist.get_world_size(), local)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, fn, args) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    try:
+        fn(*args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def spawn(fn, world: int, *args) -> None:
+    """Run fn(*args) in `world` local processes that form one process group."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(world, free_port(), fn, args), nprocs=world, join=True)
