@@ -22,7 +22,7 @@ import yaml
 from cxrlab.config import DataConfig, TrainConfig, with_overrides
 from cxrlab.evaluate import binary_metrics, bootstrap_ci, predict_split
 from cxrlab.evaluate.metrics import youden_threshold
-from cxrlab.train import train
+from cxrlab.training import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASKS = {

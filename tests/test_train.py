@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from cxrlab.config import DataConfig, TrainConfig, load_yaml
 from cxrlab.demo import make_demo_data
 from cxrlab.errors import CxrlabError
-from cxrlab.train import TrainingDiverged, train
+from cxrlab.training import TrainingDiverged, train
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_unwritable_output_fails_before_training(demo_dir, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_dir, tmp_path, monkeypatch):
-    import cxrlab.train.trainer as trainer
+    import cxrlab.training.trainer as trainer
 
     calls = {"n": 0}
 

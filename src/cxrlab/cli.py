@@ -137,7 +137,7 @@ def train(
 ):
     """Train a classifier into a run directory (config.yaml, split.csv, history.csv, weights, run.json)."""
     from .config import TrainConfig, load_yaml, with_overrides
-    from .train import train as train_run
+    from .training import train as train_run
 
     if resume:
         cfg, out = TrainConfig(), resume
@@ -171,6 +171,72 @@ def _print_epoch(row: dict) -> None:
 
 
 @app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="A run directory."),
+    data: Optional[Path] = typer.Option(None, help="Evaluate on every image of another data set instead."),
+    split: str = typer.Option("test", help="test, val or all."),
+    threshold: Optional[str] = typer.Option(None, help="Threshold policy, chosen on validation data: 0.5, youden, "
+                                            "sensitivity:0.95 (default), fixed:X. Stored in the run."),
+    tta: int = typer.Option(0, help="Average over this many augmented copies of each image."),
+    calibrate: bool = typer.Option(False, help="Fit temperature scaling on validation data."),
+    resamples: int = typer.Option(1000, help="Patient-level bootstrap resamples for the CIs."),
+):
+    """Metrics with 95% CIs, the operating point, calibration, CSV exports and figures in RUN/eval/<split>/."""
+    from .evaluate.evaluate import evaluate_run
+
+    m = evaluate_run(run, data, split, threshold, tta, calibrate, resamples)
+    _print_metrics(m, run)
+
+
+def _fmt(value) -> str:
+    return "undefined" if value is None or value != value else f"{value:.3f}"
+
+
+def _print_metrics(m: dict, run: Path) -> None:
+    ci = m["ci95"]
+    table = Table("metric", "value", "95% CI", title=f"{m['split']}: {m['n']} images, {m['positives']} positive, "
+                  f"{m['patients']} patients")
+    table.add_row("AUC", _fmt(m["auc"]), f"{_fmt(ci['auc'][0])}-{_fmt(ci['auc'][1])}")
+    table.add_row("sensitivity", _fmt(m["sensitivity"]), f"{_fmt(ci['sensitivity'][0])}-{_fmt(ci['sensitivity'][1])}")
+    table.add_row("specificity", _fmt(m["specificity"]), f"{_fmt(ci['specificity'][0])}-{_fmt(ci['specificity'][1])}")
+    table.add_row("accuracy", _fmt(m["accuracy"]), f"majority class: {_fmt(m['majority_rate'])}")
+    for key in ("balanced_accuracy", "average_precision", "ppv", "npv", "f1"):
+        table.add_row(key, _fmt(m[key]), "")
+    console.print(table)
+    if "auc_undefined_reason" in m:
+        console.print(f"[yellow]AUC undefined:[/] {m['auc_undefined_reason']}")
+    op = m["operating_point"]
+    cm = m["confusion_matrix"]
+    console.print(f"threshold {op['threshold']:.4f} ({op['policy']}, chosen on validation); "
+                  f"TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}")
+    console.print(f"wrote {run / 'eval' / m['split']}/")
+
+
+@app.command()
+def report(run: Path = typer.Argument(..., help="A run directory."),
+           split: str = typer.Option("test", help="Which evaluation to report (evaluated first if needed).")):
+    """Write RUN/report.html: one self-contained page (data, training, metrics, errors, model card)."""
+    from .report import write_report
+
+    console.print(f"wrote {write_report(run, split)}")
+
+
+@app.command()
+def compare(runs: List[Path] = typer.Argument(..., help="Two or more run directories."),
+            split: str = typer.Option("test"), out: Path = typer.Option(Path("comparison"), help="Output folder.")):
+    """Key metrics of several runs with CIs (terminal, Markdown, CSV) and their ROC curves overlaid."""
+    from .evaluate.compare import compare_runs
+
+    table = compare_runs(runs, split, out)
+    view = Table("run", "model", "AUC [95% CI]", "sens [CI]", "spec [CI]", "acc (majority)", title=f"{split} split")
+    for r in table.itertuples(index=False):
+        view.add_row(Path(r.run).name, r.model, f"{_fmt(r.auc)} [{r.auc_ci}]", f"{_fmt(r.sensitivity)} [{r.sensitivity_ci}]",
+                     f"{_fmt(r.specificity)} [{r.specificity_ci}]", f"{_fmt(r.accuracy)} ({_fmt(r.majority_rate)})")
+    console.print(view)
+    console.print(f"wrote {out}/comparison.csv, comparison.md, roc_comparison.png")
+
+
+@app.command()
 def demo(out: Path = typer.Option(Path("cxrlab-demo"), help="Folder for the synthetic data and results.")):
     """Make a synthetic chest-X-ray-like data set (offline, deterministic) and run the workflow on it."""
     from .demo import run_demo
@@ -181,6 +247,8 @@ def demo(out: Path = typer.Option(Path("cxrlab-demo"), help="Folder for the synt
     console.print(f"trained {run.info['model']['name']} ({run.info['parameters']:,} parameters) in "
                   f"{run.info['train_seconds']:.1f}s; best epoch {run.best_epoch}, "
                   f"val AUC {run.history['val_auc'].iloc[run.best_epoch - 1]:.3f}; run: {run.dir.path}")
+    _print_metrics(result["metrics"], run.dir.path)
+    console.print(f"[bold]report:[/] {result['report']}")
 
 
 def main() -> None:

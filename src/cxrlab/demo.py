@@ -97,11 +97,12 @@ DEMO_EPOCHS = 20
 
 
 def run_demo(out_dir: str | Path = "cxrlab-demo", progress=None, on_epoch=None, on_summary=None) -> dict:
-    """Generate the demo data, summarise it, and train the lesson's seed-cnn on it."""
+    """Generate the demo data, summarise it, train the lesson's seed-cnn on it, evaluate it on the
+    held-out test patients, and write the HTML report."""
     from .config import DataConfig, TrainConfig
     from .data import load_data
     from .data.summary import write_summary
-    from .train import train
+    from .training import train
 
     out_dir = Path(out_dir)
     data_dir = make_demo_data(out_dir)
@@ -114,4 +115,10 @@ def run_demo(out_dir: str | Path = "cxrlab-demo", progress=None, on_epoch=None, 
     cfg = TrainConfig(source=str(data_dir), positive=POSITIVE, negative=[NEGATIVE], model="seed-cnn",
                       epochs=DEMO_EPOCHS, data=data_cfg)
     run = train(cfg, out_dir / "run", overwrite=True, on_epoch=on_epoch)
-    return {"data_dir": data_dir, "summary": summary, "summary_dir": summary_dir, "run": run}
+    from .evaluate.evaluate import evaluate_run
+    from .report import write_report
+
+    metrics = evaluate_run(run.dir)
+    report = write_report(run.dir)
+    return {"data_dir": data_dir, "summary": summary, "summary_dir": summary_dir, "run": run,
+            "metrics": metrics, "report": report}

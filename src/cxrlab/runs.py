@@ -18,6 +18,9 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
+    def __fspath__(self) -> str:  # a RunDir is accepted wherever a path is
+        return str(self.path)
+
     config = property(lambda self: self.path / "config.yaml")
     split = property(lambda self: self.path / "split.csv")
     history = property(lambda self: self.path / "history.csv")
@@ -26,6 +29,13 @@ class RunDir:
     info = property(lambda self: self.path / "run.json")
     curves = property(lambda self: self.path / "curves.png")
     tensorboard = property(lambda self: self.path / "tensorboard")
+    threshold = property(lambda self: self.path / "threshold.json")
+    report = property(lambda self: self.path / "report.html")
+
+    def eval_dir(self, split: str) -> Path:
+        """eval/<split>/: predictions.csv, metrics.json, false_negatives.csv, false_positives.csv,
+        <split>_yscores.csv, <split>_roc.csv and the PNG figures."""
+        return self.path / "eval" / split
 
     def prepare(self, overwrite: bool = False, resume: bool = False) -> None:
         """Fail before training if the directory is in use or cannot be written."""

@@ -1,0 +1,141 @@
+"""`cxrlab report RUN`: one self-contained HTML file (every image inlined as data), readable offline."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import yaml
+from PIL import Image
+
+from ..data.images import read_image
+from ..errors import CxrlabError
+from ..runs import RunDir
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#1d2430}
+h1{margin-bottom:0}h2{border-bottom:1px solid #dde;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #dde;padding:.3em .7em;text-align:left}
+th{background:#f3f5f9}.figs img{max-width:48%;margin:.5%}.thumbs figure{display:inline-block;margin:.3em;text-align:center;font-size:.8em}
+.thumbs img{width:160px;height:160px;object-fit:cover}.warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.6em 1em}
+pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:.85em}.muted{color:#667}
+"""
+
+
+def _img_tag(png: bytes, alt: str, extra: str = "") -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}" {extra}>'
+
+
+def _file_img(path: Path, alt: str) -> str:
+    return _img_tag(path.read_bytes(), alt) if path.exists() else f'<p class="muted">({html.escape(alt)}: not available)</p>'
+
+
+def _thumb(path: str, caption: str, heatmap=None) -> str:
+    try:
+        arr, _ = read_image(path, 160)
+    except CxrlabError:
+        return f"<figure><p>unreadable</p><figcaption>{html.escape(caption)}</figcaption></figure>"
+    image = Image.fromarray(arr).convert("RGB")
+    if heatmap is not None:
+        image = heatmap(path, image)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return f"<figure>{_img_tag(buf.getvalue(), caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def _table(rows: list[tuple], header: tuple | None = None) -> str:
+    head = "<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _f(value) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
+def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap=None) -> Path:
+    """Write RUN/report.html (evaluating the run first when it has not been evaluated)."""
+    run = RunDir(run_dir)
+    info = run.read_info()
+    metrics_path = run.eval_dir(split) / "metrics.json"
+    if not metrics_path.exists():
+        from ..evaluate.evaluate import evaluate_run
+
+        evaluate_run(run, split=split)
+    m = json.loads(metrics_path.read_text())
+    cfg = yaml.safe_load(run.config.read_text())
+    task = info["task"]
+    title = f"{task['positive']} vs {' / '.join(task['negatives'])}: {info['model']['name']}"
+    ci, op, cm = m["ci95"], m["operating_point"], m["confusion_matrix"]
+    counts = [(s, c["images"], c["positives"], c["images"] - c["positives"], c["patients"])
+              for s, c in info["counts"].items()]
+    metric_rows = [
+        ("AUC-ROC", _f(m["auc"]), f"{_f(ci['auc'][0])} - {_f(ci['auc'][1])}"),
+        ("sensitivity (recall)", _f(m["sensitivity"]), f"{_f(ci['sensitivity'][0])} - {_f(ci['sensitivity'][1])}"),
+        ("specificity", _f(m["specificity"]), f"{_f(ci['specificity'][0])} - {_f(ci['specificity'][1])}"),
+        ("accuracy", _f(m["accuracy"]), f"majority-class rate {_f(m['majority_rate'])}"),
+        ("balanced accuracy", _f(m["balanced_accuracy"]), ""), ("average precision", _f(m["average_precision"]), ""),
+        ("PPV (precision)", _f(m["ppv"]), ""), ("NPV", _f(m["npv"]), ""), ("F1", _f(m["f1"]), ""),
+    ]
+    eval_dir = run.eval_dir(split)
+    fn = m["false_negative_files"][:top]
+    fp = m["false_positive_files"][:top]
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><p class='muted'>cxrlab report, run {html.escape(str(run.path))}</p>",
+        "<p class='warn'><b>Not a medical device.</b> For teaching and research only; not for diagnosis.</p>",
+        "<h2 id='data'>Data</h2>", f"<p>Source: {html.escape(str(info['source']))}</p>",
+        _table(counts, ("split", "images", task["positive"], " / ".join(task["negatives"]), "patients")),
+        f"<p>Split by patient (no patient in two splits). Excluded by the task: {sum(info['excluded_by_task'].values())} "
+        f"images; skipped as unreadable: {len(info['skipped'])}.</p>",
+        "".join(f"<p class='muted'>note: {html.escape(n)}</p>" for n in info.get("notes", [])),
+        "<h2 id='training'>Training</h2>",
+        f"<p>{info['parameters']:,} parameters ({info['trainable_parameters']:,} trainable); {info['epochs_run']} epochs "
+        f"in {info['train_seconds']:.0f} s on {html.escape(info['device'])}; best epoch {info['best_epoch']} by "
+        f"{html.escape(info['monitor'])}{'; stopped early' if info['stopped_early'] else ''}.</p>",
+        f"<div class='figs'>{_file_img(run.curves, 'learning curves')}</div>",
+        f"<h2 id='metrics'>Metrics ({html.escape(m['split'])}: {m['n']} images, {m['positives']} positive, "
+        f"{m['patients']} patients)</h2>",
+        _table(metric_rows, ("metric", "value", "95% CI")),
+        f"<p class='muted'>CIs: {html.escape(m['ci_method'])}.</p>",
+        (f"<p class='warn'>AUC undefined: {html.escape(m['auc_undefined_reason'])}</p>" if "auc_undefined_reason" in m else ""),
+        "<h2 id='operating-point'>Operating point</h2>",
+        f"<p>Threshold <b>{op['threshold']:.4f}</b>, policy <code>{html.escape(op['policy'])}</code>, chosen on the "
+        f"validation split ({op['val_images']} images, {op['val_positives']} positive) and applied unchanged here. "
+        f"TP {cm['tp']}, FN {cm['fn']}, FP {cm['fp']}, TN {cm['tn']}.</p>",
+        f"<div class='figs'>{_file_img(eval_dir / 'roc.png', 'ROC')}{_file_img(eval_dir / 'confusion.png', 'confusion matrix')}"
+        f"{_file_img(eval_dir / 'thresholds.png', 'sensitivity and specificity against threshold')}"
+        f"{_file_img(eval_dir / 'pr.png', 'precision-recall')}{_file_img(eval_dir / 'histogram.png', 'score histograms')}</div>",
+        "<h2 id='calibration'>Calibration</h2>",
+        (f"<p>Brier score {m['calibration']['brier']:.3f}, expected calibration error {m['calibration']['ece']:.3f}"
+         f"{'; temperature scaling T = %.3f fitted on validation' % op['temperature'] if op.get('temperature') else ''}.</p>"
+         f"<div class='figs'>{_file_img(eval_dir / 'reliability.png', 'reliability diagram')}</div>"
+         if "calibration" in m else "<p>Undefined with one class.</p>"),
+        "<h2 id='errors'>Errors</h2>",
+        f"<h3>False negatives ({cm['fn']}; lowest scores first)</h3><div class='thumbs'>"
+        + "".join(_thumb(p, f"{Path(p).name}", heatmap) for p in fn) + "</div>",
+        f"<h3>False positives ({cm['fp']}; highest scores first)</h3><div class='thumbs'>"
+        + "".join(_thumb(p, f"{Path(p).name}", heatmap) for p in fp) + "</div>",
+        "<h2 id='model-card'>Model card</h2>",
+        _table([
+            ("intended use", f"Teaching and research on detecting {task['positive']} on chest X-rays; "
+                             "comparing methods; never diagnosis or triage of real patients."),
+            ("model", f"{info['model']['name']}, input {info['model']['image_size']} px, "
+                      f"{info['model']['in_chans']} channel(s), normalisation {info['model']['normalization']}"),
+            ("data", f"{info['source']}; counts above"),
+            ("limitations", "Small validation and test sets give wide CIs; labels of public sets are mined from "
+                             "reports and noisy; performance on other hospitals, devices, ages or views is unknown; "
+                             "saliency maps are not proof of what the model uses."),
+            ("not a medical device", "Outputs must not inform clinical decisions."),
+            ("versions", ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+             + (f"; git {info['git_commit'][:10]}" if info.get("git_commit") else "")),
+        ]),
+        "<h2 id='configuration'>Configuration</h2>", f"<pre>{html.escape(yaml.safe_dump(cfg, sort_keys=False))}</pre>",
+        "</body></html>",
+    ]
+    run.report.write_text("".join(parts))
+    return run.report

@@ -1,0 +1,169 @@
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import (average_precision_score, balanced_accuracy_score, f1_score, precision_score,
+                             recall_score, roc_auc_score)
+
+from cxrlab.config import DataConfig, TrainConfig
+from cxrlab.demo import make_demo_data
+from cxrlab.errors import ConfigError, CxrlabError, DataError
+from cxrlab.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from cxrlab.evaluate.metrics import binary_metrics, bootstrap_ci, patient_resamples
+from cxrlab.evaluate.thresholds import choose_threshold
+from cxrlab.training import train
+
+
+def _scores(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.3).astype(int)
+    score = np.clip(0.35 * y + rng.normal(0.35, 0.2, n), 0, 1)
+    return y, score
+
+
+def test_metrics_equal_sklearn():
+    y, score = _scores()
+    m = binary_metrics(y, score, 0.5)
+    pred = (score >= 0.5).astype(int)
+    assert m["auc"] == pytest.approx(roc_auc_score(y, score))
+    assert m["average_precision"] == pytest.approx(average_precision_score(y, score))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["sensitivity"] == pytest.approx(recall_score(y, pred))
+    assert m["specificity"] == pytest.approx(recall_score(1 - y, 1 - pred))
+    assert m["ppv"] == pytest.approx(precision_score(y, pred))
+    assert m["npv"] == pytest.approx(precision_score(1 - y, 1 - pred))
+    assert m["f1"] == pytest.approx(f1_score(y, pred))
+    cm = m["confusion_matrix"]
+    assert cm["fn"] == int(((y == 1) & (pred == 0)).sum()) == m["false_negatives"]
+
+
+def test_one_class_auc_is_undefined_not_a_crash():
+    m = binary_metrics(np.zeros(10), np.linspace(0, 1, 10))
+    assert np.isnan(m["auc"]) and "one class" in m["auc_undefined_reason"]
+
+
+def test_ci_contains_point_and_narrows_with_n():
+    widths = []
+    for n in (100, 1600):
+        y, score = _scores(n)
+        point, low, high = bootstrap_ci(y, score, np.arange(n), n_resamples=1000)
+        assert low <= point <= high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2
+
+
+def test_patient_resampling_keeps_patients_together():
+    patients = np.repeat(np.arange(20), 3)
+    for rows in patient_resamples(patients, 50, seed=1):
+        counts = pd.Series(patients[rows]).value_counts()
+        assert (counts % 3 == 0).all()
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 1.0])
+def test_sensitivity_threshold_reaches_target_on_its_data(target):
+    y, score = _scores(200, seed=3)
+    t = choose_threshold(f"sensitivity:{target}", y, score)
+    assert np.mean(score[y == 1] >= t) >= target
+
+
+def test_threshold_policies():
+    y, score = _scores()
+    assert choose_threshold("0.5", y, score) == 0.5
+    assert choose_threshold("fixed:0.3", y, score) == 0.3
+    assert 0 < choose_threshold("youden", y, score) < 1
+    with pytest.raises(ConfigError, match="unknown threshold policy"):
+        choose_threshold("magic", y, score)
+
+
+def test_temperature_scaling_recovers_overconfidence():
+    rng = np.random.default_rng(5)
+    z = rng.normal(0, 2, 5000)
+    y = (rng.random(5000) < 1 / (1 + np.exp(-z))).astype(int)  # calibrated probabilities sigmoid(z)
+    over = 1 / (1 + np.exp(-z / 0.3))  # the same ranking, overconfident by a factor 1/0.3
+    t = fit_temperature(y, over)
+    assert t == pytest.approx(1 / 0.3, rel=0.1)
+    assert expected_calibration_error(y, apply_temperature(over, t)) < expected_calibration_error(y, over) / 2
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    data = make_demo_data(tmp / "d", n_patients=80, size=96)
+    cfg = TrainConfig(source=str(data), positive="effusion", epochs=12,
+                      data=DataConfig(image_size=96, cache_dir=str(tmp / "cache")))
+    return train(cfg, tmp / "run").dir.path
+
+
+def test_evaluate_writes_everything(trained_run):
+    from cxrlab.evaluate.evaluate import evaluate_run
+
+    m = evaluate_run(trained_run, n_resamples=200)
+    out = trained_run / "eval" / "test"
+    preds = pd.read_csv(out / "predictions.csv")
+    assert list(preds.columns) == ["path", "patient", "label", "y", "score", "predicted"]
+    assert list(pd.read_csv(out / "test_yscores.csv").columns) == ["y_true", "y_score"]
+    assert list(pd.read_csv(out / "test_roc.csv").columns) == ["fpr", "tpr", "threshold"]
+    assert len(pd.read_csv(out / "false_negatives.csv")) == m["false_negatives"]
+    for png in ("roc", "pr", "confusion", "histogram", "thresholds", "reliability"):
+        assert (out / f"{png}.png").stat().st_size > 5000
+    stored = json.loads((trained_run / "threshold.json").read_text())
+    assert stored["policy"] == "sensitivity:0.95" and stored["chosen_on"] == "val"
+    assert m["threshold"] == stored["threshold"]
+    val = evaluate_run(trained_run, split="val", n_resamples=100)
+    assert val["sensitivity"] >= 0.95  # reached on the data it was chosen on
+    assert m["ci95"]["auc"][0] <= m["auc"] <= m["ci95"]["auc"][1]
+
+
+def test_report_is_self_contained_html(trained_run):
+    from html.parser import HTMLParser
+
+    from cxrlab.report import write_report
+
+    page = write_report(trained_run).read_text()
+    imgs = []
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                imgs.append(dict(attrs)["src"])
+
+    Parser().feed(page)
+    assert imgs and all(src.startswith("data:image/png;base64,") for src in imgs)
+    for section in ("data", "training", "metrics", "operating-point", "calibration", "errors", "model-card", "configuration"):
+        assert f"id='{section}'" in page
+    assert "Not a medical device" in page and not re.search(r"(src|href)=['\"]https?://", page)
+
+
+def test_compare_two_runs(trained_run, tmp_path):
+    import shutil
+
+    from cxrlab.evaluate.compare import compare_runs
+
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    table = compare_runs([trained_run, other], out=tmp_path / "cmp")
+    assert len(table) == 2 and table["auc"].iloc[0] == table["auc"].iloc[1]
+    assert (tmp_path / "cmp" / "roc_comparison.png").exists()
+    assert (tmp_path / "cmp" / "comparison.md").read_text().count("\n") == 4
+
+
+def test_evaluate_on_other_task_is_a_clear_error(trained_run, flat_folders, tmp_path):
+    from cxrlab.evaluate.evaluate import evaluate_run
+
+    (flat_folders / "effusion").rename(flat_folders / "pneumonia")
+    with pytest.raises(DataError, match="does not fit this run's task"):
+        evaluate_run(trained_run, data=flat_folders)
+
+
+def test_missing_run_file_is_named(trained_run, tmp_path):
+    import shutil
+
+    from cxrlab.evaluate.evaluate import evaluate_run
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_run, broken)
+    (broken / "best.safetensors").unlink()
+    with pytest.raises(CxrlabError, match="missing best.safetensors"):
+        evaluate_run(broken)
