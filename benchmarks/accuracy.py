@@ -20,8 +20,8 @@ from pathlib import Path
 import yaml
 
 from cxrlab.config import DataConfig, TrainConfig, with_overrides
-from cxrlab.evaluate import binary_metrics, bootstrap_ci, predict_split
-from cxrlab.evaluate.metrics import youden_threshold
+from cxrlab.evaluation import binary_metrics, bootstrap_ci, predict_split
+from cxrlab.evaluation.metrics import youden_threshold
 from cxrlab.training import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

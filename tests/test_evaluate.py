@@ -10,9 +10,9 @@ from sklearn.metrics import (average_precision_score, balanced_accuracy_score, f
 from cxrlab.config import DataConfig, TrainConfig
 from cxrlab.demo import make_demo_data
 from cxrlab.errors import ConfigError, CxrlabError, DataError
-from cxrlab.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature
-from cxrlab.evaluate.metrics import binary_metrics, bootstrap_ci, patient_resamples
-from cxrlab.evaluate.thresholds import choose_threshold
+from cxrlab.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from cxrlab.evaluation.metrics import binary_metrics, bootstrap_ci, patient_resamples
+from cxrlab.evaluation.thresholds import choose_threshold
 from cxrlab.training import train
 
 
@@ -97,7 +97,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_evaluate_writes_everything(trained_run):
-    from cxrlab.evaluate.evaluate import evaluate_run
+    from cxrlab.evaluation.evaluate import evaluate_run
 
     m = evaluate_run(trained_run, n_resamples=200)
     out = trained_run / "eval" / "test"
@@ -139,7 +139,7 @@ def test_report_is_self_contained_html(trained_run):
 def test_compare_two_runs(trained_run, tmp_path):
     import shutil
 
-    from cxrlab.evaluate.compare import compare_runs
+    from cxrlab.evaluation.compare import compare_runs
 
     other = tmp_path / "other"
     shutil.copytree(trained_run, other)
@@ -150,7 +150,7 @@ def test_compare_two_runs(trained_run, tmp_path):
 
 
 def test_evaluate_on_other_task_is_a_clear_error(trained_run, flat_folders, tmp_path):
-    from cxrlab.evaluate.evaluate import evaluate_run
+    from cxrlab.evaluation.evaluate import evaluate_run
 
     (flat_folders / "effusion").rename(flat_folders / "pneumonia")
     with pytest.raises(DataError, match="does not fit this run's task"):
@@ -160,7 +160,7 @@ def test_evaluate_on_other_task_is_a_clear_error(trained_run, flat_folders, tmp_
 def test_missing_run_file_is_named(trained_run, tmp_path):
     import shutil
 
-    from cxrlab.evaluate.evaluate import evaluate_run
+    from cxrlab.evaluation.evaluate import evaluate_run
 
     broken = tmp_path / "broken"
     shutil.copytree(trained_run, broken)

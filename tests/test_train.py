@@ -203,7 +203,7 @@ def test_two_process_ddp_gives_one_consistent_checkpoint(demo_dir, tmp_path):
     assert run.info["processes"] == 2 and len(run.history) == 2
     assert sorted(p.name for p in (tmp_path / "run").glob("*.ckpt")) == ["last.ckpt"]
     # The saved weights reproduce the logged validation loss: the checkpoint is the trained model.
-    from cxrlab.evaluate import predict_split
+    from cxrlab.evaluation import predict_split
     from torch.nn.functional import binary_cross_entropy
 
     val = predict_split(tmp_path / "run", "val")

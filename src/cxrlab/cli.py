@@ -182,7 +182,7 @@ def evaluate(
     resamples: int = typer.Option(1000, help="Patient-level bootstrap resamples for the CIs."),
 ):
     """Metrics with 95% CIs, the operating point, calibration, CSV exports and figures in RUN/eval/<split>/."""
-    from .evaluate.evaluate import evaluate_run
+    from .evaluation.evaluate import evaluate_run
 
     m = evaluate_run(run, data, split, threshold, tta, calibrate, resamples)
     _print_metrics(m, run)
@@ -225,7 +225,7 @@ def report(run: Path = typer.Argument(..., help="A run directory."),
 def compare(runs: List[Path] = typer.Argument(..., help="Two or more run directories."),
             split: str = typer.Option("test"), out: Path = typer.Option(Path("comparison"), help="Output folder.")):
     """Key metrics of several runs with CIs (terminal, Markdown, CSV) and their ROC curves overlaid."""
-    from .evaluate.compare import compare_runs
+    from .evaluation.compare import compare_runs
 
     table = compare_runs(runs, split, out)
     view = Table("run", "model", "AUC [95% CI]", "sens [CI]", "spec [CI]", "acc (majority)", title=f"{split} split")
@@ -234,6 +234,57 @@ def compare(runs: List[Path] = typer.Argument(..., help="Two or more run directo
                      f"{_fmt(r.specificity)} [{r.specificity_ci}]", f"{_fmt(r.accuracy)} ({_fmt(r.majority_rate)})")
     console.print(view)
     console.print(f"wrote {out}/comparison.csv, comparison.md, roc_comparison.png")
+
+
+@app.command()
+def explain(
+    run: Path = typer.Argument(..., help="A run directory."),
+    images: Optional[List[Path]] = typer.Argument(None, help="Image files or folders (default: the run's test split)."),
+    method: Optional[List[str]] = typer.Option(None, help="cam, gradcam, gradcam++, scorecam, ... (repeatable)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default RUN/explain)."),
+    target_layer: Optional[str] = typer.Option(None, help="Layer to explain (default: the last conv block)."),
+    sanity: bool = typer.Option(False, help="Run the model-parameter randomisation sanity check."),
+    shuffled_run: Optional[Path] = typer.Option(None, help="A run trained on shuffled labels: data-randomisation test."),
+    boxes: Optional[Path] = typer.Option(None, help="NIH BBox_List_2017-style CSV: pointing game and T(IoBB)."),
+    boxes_images: Optional[Path] = typer.Option(None, help="Folder with the boxed images (default: the run's data)."),
+    faithfulness: bool = typer.Option(False, help="With --boxes: also ROAD scores per method."),
+    limit: int = typer.Option(16, help="At most this many images from the test split when none are given."),
+):
+    """Heatmaps over the X-ray for each method (PNG + raw .npy), checked for sanity and localisation."""
+    import json
+
+    from . import saliency as ex
+    from .config import TrainConfig, load_yaml
+    from .runs import RunDir
+
+    methods = method or list(ex.DEFAULT_METHODS)
+    out = out or RunDir(run).path / "explain"
+    cfg = load_yaml(TrainConfig, RunDir(run).config)
+    if not images:
+        import pandas as pd
+
+        split = pd.read_csv(RunDir(run).split)
+        images = [Path(p) for p in split.loc[split["split"] == "test", "path"].head(limit)]
+    exp = ex.explain(run, images, methods, target_layer)
+    ex.save_explanation(exp, out, cfg.positive)
+    console.print(f"explained {len(exp.paths)} image(s) with {', '.join(methods)}: {out}/")
+    if sanity:
+        table, verdict = ex.sanity_check(run, images, methods, target_layer, out)
+        view = Table("method", "Spearman (all random)", "SSIM (all random)", "verdict", title="sanity check")
+        for m, row in verdict.iterrows():
+            view.add_row(m, f"{row.spearman_all_random:.3f}", f"{row.ssim_all_random:.3f}",
+                         "[green]passes[/]" if row.passes else "[red]FAILS: maps ignore the model[/]")
+        console.print(view)
+    if shuffled_run:
+        table = ex.data_randomization(run, shuffled_run, images, methods, target_layer)
+        table.to_csv(Path(out) / "data_randomization.csv", index=False)
+        console.print(table.to_string(index=False))
+    if boxes:
+        result = ex.localisation(run, boxes, boxes_images or cfg.source, methods, target_layer, faithfulness)
+        (Path(out) / "localisation.json").write_text(json.dumps(result, indent=2))
+        for m, r in result.items():
+            console.print(f"{m}: pointing game {r['pointing_game']:.3f} (chance {r['pointing_chance']:.3f}); "
+                          f"T(IoBB) accuracy " + ", ".join(f"{t}: {v:.2f}" for t, v in r["iobb_accuracy"].items()))
 
 
 @app.command()

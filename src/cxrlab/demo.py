@@ -115,7 +115,7 @@ def run_demo(out_dir: str | Path = "cxrlab-demo", progress=None, on_epoch=None, 
     cfg = TrainConfig(source=str(data_dir), positive=POSITIVE, negative=[NEGATIVE], model="seed-cnn",
                       epochs=DEMO_EPOCHS, data=data_cfg)
     run = train(cfg, out_dir / "run", overwrite=True, on_epoch=on_epoch)
-    from .evaluate.evaluate import evaluate_run
+    from .evaluation.evaluate import evaluate_run
     from .report import write_report
 
     metrics = evaluate_run(run.dir)

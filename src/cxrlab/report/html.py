@@ -62,7 +62,7 @@ def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap
     info = run.read_info()
     metrics_path = run.eval_dir(split) / "metrics.json"
     if not metrics_path.exists():
-        from ..evaluate.evaluate import evaluate_run
+        from ..evaluation.evaluate import evaluate_run
 
         evaluate_run(run, split=split)
     m = json.loads(metrics_path.read_text())
@@ -97,7 +97,7 @@ def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap
         f"<p>{info['parameters']:,} parameters ({info['trainable_parameters']:,} trainable); {info['epochs_run']} epochs "
         f"in {info['train_seconds']:.0f} s on {html.escape(info['device'])}; best epoch {info['best_epoch']} by "
         f"{html.escape(info['monitor'])}{'; stopped early' if info['stopped_early'] else ''}.</p>",
-        f"<div class='figs'>{_file_img(run.curves, 'learning curves')}</div>",
+        f"<div>{_file_img(run.curves, 'learning curves')}</div>",
         f"<h2 id='metrics'>Metrics ({html.escape(m['split'])}: {m['n']} images, {m['positives']} positive, "
         f"{m['patients']} patients)</h2>",
         _table(metric_rows, ("metric", "value", "95% CI")),

@@ -1,0 +1,87 @@
+"""Localisation against boxes (NIH BBox_List_2017 format) and faithfulness (ROAD)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from ..errors import DataError
+
+IOBB_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def read_boxes(path: str | Path) -> pd.DataFrame:
+    """Image Index, Finding Label, x, y, w, h (original pixels). NIH's header splits the box
+    column into 'Bbox [x', 'y', 'w', 'h]'; plain x, y, w, h headers are accepted too."""
+    table = pd.read_csv(path)
+    table.columns = [c.strip().replace("Bbox [", "").replace("]", "") for c in table.columns]
+    needed = ["Image Index", "Finding Label", "x", "y", "w", "h"]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing box column(s) {missing}; expected the NIH BBox_List_2017.csv layout")
+    return table[needed]
+
+
+def scale_box(box, original: tuple[int, int], size: int) -> tuple[float, float, float, float]:
+    """A box in original (width, height) pixels -> the same box on a size x size map."""
+    sx, sy = size / original[0], size / original[1]
+    x, y, w, h = box
+    return x * sx, y * sy, w * sx, h * sy
+
+
+def pointing_hit(cam: np.ndarray, box) -> bool:
+    """Does the map's maximum fall inside the box?"""
+    yy, xx = np.unravel_index(np.argmax(cam), cam.shape)
+    x, y, w, h = box
+    return bool(x <= xx <= x + w and y <= yy <= y + h)
+
+
+def heatmap_box(cam: np.ndarray, level: float = 0.5):
+    """Bounding box (x, y, w, h) of the largest region where the map exceeds `level`."""
+    labels, n = ndimage.label(cam >= level)
+    if n == 0:
+        return None
+    sizes = ndimage.sum(np.ones_like(cam), labels, index=range(1, n + 1))
+    sl = ndimage.find_objects((labels == int(np.argmax(sizes)) + 1).astype(int))[0]
+    return sl[1].start, sl[0].start, sl[1].stop - sl[1].start, sl[0].stop - sl[0].start
+
+
+def iobb(pred, truth) -> float:
+    """Intersection over the predicted box's area (Wang et al. 2017)."""
+    if pred is None:
+        return 0.0
+    px, py, pw, ph = pred
+    tx, ty, tw, th = truth
+    iw = max(0.0, min(px + pw, tx + tw) - max(px, tx))
+    ih = max(0.0, min(py + ph, ty + th) - max(py, ty))
+    return float(iw * ih / (pw * ph)) if pw * ph else 0.0
+
+
+def localisation_scores(cams: np.ndarray, boxes: list) -> dict:
+    """Pointing-game hit rate and accuracy at each T(IoBB), over images with a box; also the
+    chance level of the pointing game (the mean box area fraction)."""
+    hits = [pointing_hit(c, b) for c, b in zip(cams, boxes)]
+    ious = [iobb(heatmap_box(c), b) for c, b in zip(cams, boxes)]
+    area = [b[2] * b[3] / c.size for c, b in zip(cams, boxes)]
+    return {"images": len(boxes), "pointing_game": float(np.mean(hits)) if hits else float("nan"),
+            "pointing_chance": float(np.mean(area)) if area else float("nan"),
+            "iobb_accuracy": {str(t): float(np.mean([v >= t for v in ious])) if ious else float("nan")
+                              for t in IOBB_THRESHOLDS}}
+
+
+def road_scores(model, batch, cams: np.ndarray) -> dict:
+    """ROAD (Rong et al. 2022) from pytorch-grad-cam: the positive-logit change when the most (MoRF)
+    or least (LeRF) relevant pixels are removed, averaged over percentiles. Faithful maps have a
+    low MoRF score and a high LeRF score."""
+    from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirstAverage, ROADMostRelevantFirstAverage
+
+    from .methods import PositiveLogit
+
+    targets = [PositiveLogit() for _ in range(len(batch))]
+    morf = ROADMostRelevantFirstAverage()(batch, cams, targets, model)
+    lerf = ROADLeastRelevantFirstAverage()(batch, cams, targets, model)
+    return {"road_morf": float(np.mean(morf)), "road_lerf": float(np.mean(lerf)),
+            "road_combined": float(np.mean(lerf) - np.mean(morf))}

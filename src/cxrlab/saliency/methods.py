@@ -1,0 +1,118 @@
+"""Saliency methods: pytorch-grad-cam's, plus CAM (which it lacks), on single-logit models.
+
+Every map is computed for the *positive* class: the target is the logit itself, whose gradient
+points towards "more positive" whether the logit is currently negative or positive (a target that
+flips sign with the prediction would explain the predicted class instead).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..models.registry import TimmClassifier
+
+from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, GradCAM, GradCAMElementWise,
+                              GradCAMPlusPlus, HiResCAM, LayerCAM, RandomCAM, XGradCAM)
+from pytorch_grad_cam import ScoreCAM as _LibraryScoreCAM
+from pytorch_grad_cam.base_cam import BaseCAM
+
+
+class CAM(BaseCAM):
+    """Class activation mapping (Zhou et al. 2016): sum_k w_k f_k(x, y) over the last conv layer of a
+    global-average-pooling model. w_k is d logit / d pooled_k: the weight of a linear head, and its
+    exact local equivalent for seed-cnn's MLP head. (pytorch-grad-cam has no CAM; through GAP,
+    d logit / d f_k(x, y) = w_k / Z at every position, so w_k is the spatial sum of the gradient.)"""
+
+    def __init__(self, model, target_layers, reshape_transform=None):
+        super().__init__(model, target_layers, reshape_transform)
+
+    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
+        return grads.sum(axis=(2, 3))
+
+
+class ScoreCAM(_LibraryScoreCAM):
+    """Score-CAM (Wang et al. 2020) as pytorch-grad-cam computes it, minus its per-batch tqdm bars
+    (printed to the terminal for every image; tqdm ignores TQDM_DISABLE once imported elsewhere).
+    Masked inputs are scored in batches of `batch_size`."""
+
+    batch_size = 64
+
+    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
+        with torch.no_grad():
+            acts = torch.from_numpy(activations).to(self.device)
+            up = nn.functional.interpolate(acts, size=input_tensor.shape[-2:], mode="bilinear", align_corners=True)
+            lo = up.amin(dim=(2, 3), keepdim=True)
+            hi = up.amax(dim=(2, 3), keepdim=True)
+            up = (up - lo) / (hi - lo + 1e-8)
+            weights = []
+            for target, image, masks in zip(targets, input_tensor, up):
+                masked = image[None] * masks[:, None]  # channels x C x H x W
+                scores = torch.cat([target(self.model(masked[i:i + self.batch_size])).reshape(-1).float()
+                                    for i in range(0, len(masked), self.batch_size)])
+                weights.append(torch.softmax(scores, dim=0))
+            return torch.stack(weights).cpu().numpy()
+
+
+METHODS: dict[str, type] = {
+    "cam": CAM, "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "scorecam": ScoreCAM, "hirescam": HiResCAM,
+    "xgradcam": XGradCAM, "layercam": LayerCAM, "eigencam": EigenCAM, "eigengradcam": EigenGradCAM,
+    "ablationcam": AblationCAM, "gradcamelementwise": GradCAMElementWise, "randomcam": RandomCAM,
+}
+
+
+class PositiveLogit:
+    """pytorch-grad-cam target: the positive-class logit of a one-logit model."""
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return model_output.reshape(-1)[0] if model_output.dim() <= 1 else model_output[..., 0]
+
+
+def default_target_layer(model: nn.Module) -> nn.Module:
+    """The last convolutional block: seed-cnn's last ReLU, or a timm backbone's last feature stage."""
+    if isinstance(model, TimmClassifier):
+        info = getattr(model.backbone, "feature_info", None)
+        if info is not None:
+            return model.backbone.get_submodule(info[-1]["module"])
+    layers = [m for m in getattr(model, "features", model).modules() if isinstance(m, (nn.ReLU, nn.Conv2d))]
+    if not layers:
+        raise ConfigError("cannot find a convolutional layer to explain; pass --target-layer")
+    return layers[-1]
+
+
+def resolve_layer(model: nn.Module, name: str | None) -> nn.Module:
+    if name is None:
+        return default_target_layer(model)
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ReLU)) or n.count(".") < 2][:30]
+        raise ConfigError(f"no layer named {name!r}; some layer names: {', '.join(n for n in names if n)}") from None
+
+
+def explainable_copy(model: nn.Module) -> nn.Module:
+    """A copy in eval mode with in-place activations turned off: an in-place op after the target
+    layer rewrites the tensor whose gradient hook is registered (the DenseNet trap)."""
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        if getattr(module, "inplace", False):
+            module.inplace = False
+    return model
+
+
+def compute_maps(model: nn.Module, batch: torch.Tensor, method: str, target_layer: nn.Module,
+                 batch_size: int = 64) -> np.ndarray:
+    """N x H x W maps in [0, 1] for the positive class. Uses the CAM object as a context manager so
+    its hooks are always removed."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    cls = METHODS[method]
+    with cls(model=model, target_layers=[target_layer]) as cam:
+        cam.batch_size = batch_size  # Score-CAM and Ablation-CAM score their masked inputs in batches
+        with torch.enable_grad():
+            maps = cam(input_tensor=batch, targets=[PositiveLogit() for _ in range(len(batch))])
+    return np.nan_to_num(np.asarray(maps, dtype=np.float32))

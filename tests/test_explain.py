@@ -1,0 +1,143 @@
+import resource
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cxrlab.config import DataConfig, TrainConfig
+from cxrlab.demo import make_demo_data
+from cxrlab.saliency import explain, localisation, save_explanation, sanity_check
+from cxrlab.saliency.methods import compute_maps, default_target_layer, explainable_copy
+from cxrlab.saliency.sanity import cascading_randomization, verdicts
+from cxrlab.models import ModelSpec, create_model
+from cxrlab.training import train
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam", "gradcam++", "scorecam"])
+def test_map_shape_and_range(method):
+    model = explainable_copy(create_model(ModelSpec("seed-cnn", image_size=64)))
+    maps = compute_maps(model, torch.randn(3, 1, 64, 64), method, default_target_layer(model))
+    assert maps.shape == (3, 64, 64) and maps.min() >= 0 and maps.max() <= 1
+
+
+def test_cam_equals_the_manual_formula():
+    import cv2  # pytorch-grad-cam upsamples with OpenCV; the reference does the same
+
+    torch.manual_seed(0)
+    model = explainable_copy(create_model(ModelSpec("seed-cnn")))
+    x = torch.randn(2, 1, 256, 256)
+    ours = compute_maps(model, x, "cam", default_target_layer(model))
+    feats = model.features(x).detach().requires_grad_(True)  # f_k(x, y): 50 maps of 4 x 4
+    pooled = model.pool(feats)
+    w = torch.autograd.grad(model.head(pooled).sum(), pooled)[0][:, :, 0, 0]  # w_k = d logit / d pooled_k
+    for i in range(2):
+        cam = torch.relu((w[i, :, None, None] * feats[i]).sum(0)).detach().numpy()  # sum_k w_k f_k(x, y)
+        assert cam.shape == (4, 4) and cam.max() > 0
+        ref = cv2.resize(cam, (256, 256))
+        ref = (ref - ref.min()) / (ref.max() - ref.min() + 1e-7)
+        assert np.abs(ours[i] - ref).max() < 1e-4
+
+
+class TwoChannel(nn.Module):
+    """Channel 0 fires on bright pixels (evidence FOR the positive class), channel 1 on dark ones
+    (evidence against); the bias keeps the logit negative."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU())
+        with torch.no_grad():
+            self.features[0].weight[:] = torch.tensor([1.0, -1.0]).view(2, 1, 1, 1)
+            self.features[0].bias.zero_()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2, 1))
+        with torch.no_grad():
+            self.head[1].weight[:] = torch.tensor([[1.0, -1.0]])
+            self.head[1].bias.fill_(-10.0)
+
+    def forward(self, x):
+        return self.head(self.pool(self.features(x)))
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam"])
+def test_positive_class_is_explained_when_the_logit_is_negative(method):
+    model = TwoChannel().eval()
+    x = -torch.ones(1, 1, 32, 32)
+    x[..., 2:10, 2:10] = 1.0  # the positive evidence sits top-left
+    assert model(x).item() < 0
+    maps = compute_maps(model, x, method, model.features[1])
+    y, xx = np.unravel_index(np.argmax(maps[0]), maps[0].shape)
+    assert 2 <= y < 10 and 2 <= xx < 10  # a sign-flipping target would point at the dark area
+
+
+def test_densenet_inplace_activations_are_handled():
+    model = explainable_copy(create_model(ModelSpec("densenet121", image_size=64)))
+    maps = compute_maps(model, torch.randn(1, 1, 64, 64), "gradcam", default_target_layer(model))
+    assert maps.shape == (1, 64, 64) and np.isfinite(maps).all()
+
+
+def test_no_hook_leak_over_many_calls():
+    model = explainable_copy(create_model(ModelSpec("seed-cnn", image_size=64)))
+    layer = default_target_layer(model)
+    x = torch.randn(1, 1, 64, 64)
+    for _ in range(20):
+        compute_maps(model, x, "gradcam", layer)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(200):
+        compute_maps(model, x, "gradcam", layer)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+    assert grown_mb < 50
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("explain")
+    data = make_demo_data(tmp / "demo")  # exactly the demo: 160 patients, 128 px training
+    cfg = TrainConfig(source=str(data), positive="effusion", epochs=20,
+                      data=DataConfig(image_size=128, cache_dir=str(tmp / "cache")))
+    return train(cfg, tmp / "run").dir.path, tmp / "demo"
+
+
+def test_sanity_check_fails_an_edge_detector_and_passes_gradcam(demo_run):
+    run, demo = demo_run
+    from cxrlab.evaluation.predict import load_run_model
+
+    from cxrlab.data.preprocess import normalize
+    from cxrlab.saliency import load_images
+
+    model, _ = load_run_model(run, device="cpu")
+    paths = sorted((demo / "data" / "effusion").glob("*.png"))[:4] + sorted((demo / "data" / "normal").glob("*.png"))[:4]
+    x = normalize(torch.from_numpy(load_images([str(p) for p in paths], 128)[0]).unsqueeze(1), "standardize")
+
+    def edges(_model, batch):  # ignores the model entirely
+        img = batch[:, 0].numpy()
+        g = np.hypot(np.gradient(img, axis=1), np.gradient(img, axis=2))
+        return g / g.max(axis=(1, 2), keepdims=True)
+
+    table = cascading_randomization(model, x, {"edges": edges, "gradcam": "gradcam"})
+    verdict = verdicts(table)
+    assert not verdict.loc["edges", "passes"] and verdict.loc["edges", "spearman_all_random"] > 0.99
+    assert verdict.loc["gradcam", "passes"]
+
+
+def test_localisation_on_synthetic_findings_beats_chance(demo_run):
+    run, demo = demo_run
+    # seed-cnn's last block is 2 x 2 at 128 px, too coarse to point; its 4th conv block is 16 x 16
+    result = localisation(run, demo / "boxes.csv", demo / "data", ["gradcam"], target_layer="features.10")
+    r = result["gradcam"]
+    assert r["images"] > 50 and r["pointing_game"] > 5 * r["pointing_chance"]
+
+
+def test_explain_writes_pngs_and_npy(demo_run, tmp_path):
+    run, demo = demo_run
+    images = sorted((demo / "data" / "effusion").glob("*.png"))[:2]
+    exp = explain(run, images, ["gradcam", "scorecam"])
+    assert exp.labels == ["effusion", "effusion"] and (exp.probabilities > 0).all()
+    save_explanation(exp, tmp_path / "out", "effusion")
+    stem = images[0].stem
+    assert (tmp_path / "out" / f"{stem}.png").stat().st_size > 10_000
+    assert np.load(tmp_path / "out" / f"{stem}.gradcam.npy").shape == (128, 128)
+    assert (tmp_path / "out" / "grid.png").exists()
+    table, verdict = sanity_check(run, images, ["gradcam"], out=tmp_path / "sanity")
+    assert (tmp_path / "sanity" / "sanity.png").exists() and len(verdict) == 1
