@@ -98,7 +98,7 @@ DEMO_EPOCHS = 20
 
 def run_demo(out_dir: str | Path = "cxrlab-demo", progress=None, on_epoch=None, on_summary=None) -> dict:
     """Generate the demo data, summarise it, train the lesson's seed-cnn on it, evaluate it on the
-    held-out test patients, and write the HTML report."""
+    held-out test patients, explain four images with the CAM family, and write the HTML report."""
     from .config import DataConfig, TrainConfig
     from .data import load_data
     from .data.summary import write_summary
@@ -118,7 +118,12 @@ def run_demo(out_dir: str | Path = "cxrlab-demo", progress=None, on_epoch=None, 
     from .evaluation.evaluate import evaluate_run
     from .report import write_report
 
+    from .saliency import explain, save_explanation
+
     metrics = evaluate_run(run.dir)
+    examples = sorted((data_dir / POSITIVE).glob("*.png"))[:2] + sorted((data_dir / NEGATIVE).glob("*.png"))[:2]
+    save_explanation(explain(run.dir, examples, ["cam", "gradcam", "gradcam++", "scorecam"]),
+                     out_dir / "explain", POSITIVE)
     report = write_report(run.dir)
     return {"data_dir": data_dir, "summary": summary, "summary_dir": summary_dir, "run": run,
-            "metrics": metrics, "report": report}
+            "metrics": metrics, "report": report, "explain_dir": out_dir / "explain"}

@@ -8,7 +8,10 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import yaml
+from matplotlib import cm
 from PIL import Image
 
 from ..data.images import read_image
@@ -33,14 +36,20 @@ def _file_img(path: Path, alt: str) -> str:
     return _img_tag(path.read_bytes(), alt) if path.exists() else f'<p class="muted">({html.escape(alt)}: not available)</p>'
 
 
-def _thumb(path: str, caption: str, heatmap=None) -> str:
+def _blend(gray: np.ndarray, cam: np.ndarray | None, alpha: float = 0.4) -> Image.Image:
+    image = Image.fromarray(gray).convert("RGB")
+    if cam is None:
+        return image
+    heat = (cm.jet(np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize(image.size)) / 255.0)[..., :3] * 255)
+    return Image.fromarray((np.asarray(image) * (1 - alpha) + heat * alpha).astype(np.uint8))
+
+
+def _thumb(path: str, caption: str, cam: np.ndarray | None = None) -> str:
     try:
         arr, _ = read_image(path, 160)
     except CxrlabError:
         return f"<figure><p>unreadable</p><figcaption>{html.escape(caption)}</figcaption></figure>"
-    image = Image.fromarray(arr).convert("RGB")
-    if heatmap is not None:
-        image = heatmap(path, image)
+    image = _blend(arr, cam)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return f"<figure>{_img_tag(buf.getvalue(), caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
@@ -56,8 +65,19 @@ def _f(value) -> str:
     return "undefined" if value is None else f"{value:.3f}"
 
 
-def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap=None) -> Path:
-    """Write RUN/report.html (evaluating the run first when it has not been evaluated)."""
+def _heatmaps(run: RunDir, paths: list[str], method: str) -> dict[str, np.ndarray]:
+    if not paths:
+        return {}
+    from ..saliency import explain
+
+    exp = explain(run, paths, [method])
+    return dict(zip(exp.paths, exp.maps[method]))
+
+
+def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap_method: str | None = "gradcam",
+                 sample: int = 4, seed: int = 0) -> Path:
+    """Write RUN/report.html (evaluating the run first when it has not been evaluated). The top
+    false negatives and false positives and a random sample are shown with `heatmap_method` maps."""
     run = RunDir(run_dir)
     info = run.read_info()
     metrics_path = run.eval_dir(split) / "metrics.json"
@@ -69,7 +89,7 @@ def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap
     cfg = yaml.safe_load(run.config.read_text())
     task = info["task"]
     title = f"{task['positive']} vs {' / '.join(task['negatives'])}: {info['model']['name']}"
-    ci, op, cm = m["ci95"], m["operating_point"], m["confusion_matrix"]
+    ci, op, cmat = m["ci95"], m["operating_point"], m["confusion_matrix"]
     counts = [(s, c["images"], c["positives"], c["images"] - c["positives"], c["patients"])
               for s, c in info["counts"].items()]
     metric_rows = [
@@ -83,6 +103,11 @@ def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap
     eval_dir = run.eval_dir(split)
     fn = m["false_negative_files"][:top]
     fp = m["false_positive_files"][:top]
+    preds = pd.read_csv(eval_dir / "predictions.csv")
+    picked = preds.sample(min(sample, len(preds)), random_state=seed) if len(preds) else preds
+    cams = _heatmaps(run, fn + fp + picked["path"].tolist(), heatmap_method) if heatmap_method else {}
+    caption = dict(zip(preds["path"], (f"{Path(p).name}: {lab}, p={s:.2f}" for p, lab, s in
+                                        zip(preds["path"], preds["label"], preds["score"]))))
     parts = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{CSS}</style></head><body>",
@@ -106,7 +131,7 @@ def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap
         "<h2 id='operating-point'>Operating point</h2>",
         f"<p>Threshold <b>{op['threshold']:.4f}</b>, policy <code>{html.escape(op['policy'])}</code>, chosen on the "
         f"validation split ({op['val_images']} images, {op['val_positives']} positive) and applied unchanged here. "
-        f"TP {cm['tp']}, FN {cm['fn']}, FP {cm['fp']}, TN {cm['tn']}.</p>",
+        f"TP {cmat['tp']}, FN {cmat['fn']}, FP {cmat['fp']}, TN {cmat['tn']}.</p>",
         f"<div class='figs'>{_file_img(eval_dir / 'roc.png', 'ROC')}{_file_img(eval_dir / 'confusion.png', 'confusion matrix')}"
         f"{_file_img(eval_dir / 'thresholds.png', 'sensitivity and specificity against threshold')}"
         f"{_file_img(eval_dir / 'pr.png', 'precision-recall')}{_file_img(eval_dir / 'histogram.png', 'score histograms')}</div>",
@@ -116,10 +141,13 @@ def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap
          f"<div class='figs'>{_file_img(eval_dir / 'reliability.png', 'reliability diagram')}</div>"
          if "calibration" in m else "<p>Undefined with one class.</p>"),
         "<h2 id='errors'>Errors</h2>",
-        f"<h3>False negatives ({cm['fn']}; lowest scores first)</h3><div class='thumbs'>"
-        + "".join(_thumb(p, f"{Path(p).name}", heatmap) for p in fn) + "</div>",
-        f"<h3>False positives ({cm['fp']}; highest scores first)</h3><div class='thumbs'>"
-        + "".join(_thumb(p, f"{Path(p).name}", heatmap) for p in fp) + "</div>",
+        f"<p class='muted'>{'Heatmaps: ' + heatmap_method + ' for the positive class.' if heatmap_method else ''}</p>",
+        f"<h3>False negatives ({cmat['fn']}; lowest scores first)</h3><div class='thumbs'>"
+        + "".join(_thumb(p, caption.get(p, Path(p).name), cams.get(p)) for p in fn) + "</div>",
+        f"<h3>False positives ({cmat['fp']}; highest scores first)</h3><div class='thumbs'>"
+        + "".join(_thumb(p, caption.get(p, Path(p).name), cams.get(p)) for p in fp) + "</div>",
+        "<h3>Random sample</h3><div class='thumbs'>"
+        + "".join(_thumb(p, caption.get(p, Path(p).name), cams.get(p)) for p in picked["path"]) + "</div>",
         "<h2 id='model-card'>Model card</h2>",
         _table([
             ("intended use", f"Teaching and research on detecting {task['positive']} on chest X-rays; "
