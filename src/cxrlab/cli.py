@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -285,6 +286,69 @@ def explain(
         for m, r in result.items():
             console.print(f"{m}: pointing game {r['pointing_game']:.3f} (chance {r['pointing_chance']:.3f}); "
                           f"T(IoBB) accuracy " + ", ".join(f"{t}: {v:.2f}" for t, v in r["iobb_accuracy"].items()))
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="A run directory."),
+    paths: List[Path] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM...) or folders."),
+    out: Optional[Path] = typer.Option(None, help="Write the predictions as CSV."),
+    heatmaps: Optional[Path] = typer.Option(None, help="Folder for heatmap PNGs and .npy maps."),
+    method: str = typer.Option("gradcam", help="Heatmap method with --heatmaps."),
+):
+    """Score new images with the run's preprocessing and its stored (validation-chosen) threshold."""
+    import pandas as pd
+
+    from .saliency import expand_paths
+    from .serving import Predictor
+
+    predictor = Predictor(run)
+    files = expand_paths(paths)
+    with _Bar("predicting") as bar:
+        results = []
+        for i in range(0, len(files), 32):
+            results += predictor.predict_paths(files[i:i + 32], method if heatmaps else None)
+            bar(len(results), len(files))
+    table = Table("image", f"P({predictor.positive})", "call", title=f"threshold {predictor.threshold:.3f} ({predictor.policy})")
+    for r in results[:50]:
+        table.add_row(Path(r.path).name, f"{r.probability:.3f}", r.label)
+    console.print(table)
+    frame = pd.DataFrame([{"path": r.path, "probability": r.probability, "predicted": r.label,
+                           "threshold": r.threshold, "policy": r.policy} for r in results])
+    if out:
+        frame.to_csv(out, index=False)
+        console.print(f"wrote {out}")
+    if heatmaps:
+        from .saliency import Explanation, save_explanation
+
+        pixels = [predictor.pixels(r.path) for r in results]
+        exp = Explanation([r.path for r in results], np.stack(pixels), frame["probability"].to_numpy(),
+                          [None] * len(results), {method: np.stack([r.heatmap for r in results])})
+        save_explanation(exp, heatmaps, predictor.positive)
+        console.print(f"wrote heatmaps to {heatmaps}/")
+
+
+@app.command()
+def export(run: Path = typer.Argument(..., help="A run directory."),
+           format: str = typer.Option("onnx", help="onnx or torchscript."),
+           out: Optional[Path] = typer.Option(None, help="Output folder (default RUN/export).")):
+    """Export the model (ONNX runs with onnxruntime alone, no torch) with its preprocessing and threshold."""
+    from .serving.export import export_run
+
+    console.print(f"wrote {export_run(run, format, out)} and preprocess.json")
+
+
+@app.command()
+def serve(run: Path = typer.Argument(..., help="A run directory."),
+          host: str = typer.Option("127.0.0.1", help="Address to bind (default: this machine only)."),
+          port: int = typer.Option(8000), max_upload_mb: float = typer.Option(20.0, help="Upload limit in MB.")):
+    """Serve the web page (/), the quiz (/quiz) and the JSON API (/api, docs at /docs)."""
+    import uvicorn
+
+    from .serving.app import create_app
+
+    console.print(f"cxrlab serving {run} on http://{host}:{port}/  (quiz: /quiz, API docs: /docs)")
+    uvicorn.run(create_app(run, max_upload_mb), host=host, port=port, log_level="warning")
 
 
 @app.command()

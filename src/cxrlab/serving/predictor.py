@@ -1,0 +1,113 @@
+"""A run's model ready to score new images exactly as training preprocessed them, with the
+run's stored threshold (chosen on validation data)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.images import read_image
+from ..data.preprocess import normalize
+from ..runs import RunDir
+
+
+@dataclass
+class Prediction:
+    path: str
+    probability: float
+    label: str
+    positive: bool
+    threshold: float
+    policy: str
+    heatmap: np.ndarray | None = None
+
+
+class Predictor:
+    """Loads once, predicts many times. Without a stored threshold (run not evaluated yet) the
+    threshold is 0.5 and the policy says so."""
+
+    def __init__(self, run_dir: str | Path, device: str = "auto"):
+        from ..evaluation.predict import load_run_model
+        from ..training.trainer import model_spec
+
+        self.run = RunDir(run_dir)
+        self.model, self.cfg = load_run_model(self.run, device)
+        self.spec = model_spec(self.cfg)
+        self.device = next(self.model.parameters()).device
+        point = json.loads(self.run.threshold.read_text()) if self.run.threshold.exists() else {}
+        self.threshold = float(point.get("threshold", 0.5))
+        self.policy = point.get("policy", "0.5 (run not evaluated: `cxrlab evaluate` stores a validated threshold)")
+        self.temperature = point.get("temperature")
+        self.positive = self.cfg.positive
+        self.negative = "/".join(self.cfg.negative or ["normal"])
+        info = self.run.read_info() if self.run.info.exists() else {}
+        self.card = {"model": self.spec.name, "task": {"positive": self.positive, "negative": self.negative},
+                     "input": {"size": self.spec.image_size, "channels": self.spec.in_chans,
+                               "normalization": self.spec.normalization},
+                     "threshold": self.threshold, "policy": self.policy, "trained_on": info.get("counts"),
+                     "intended_use": "Teaching and research only. Not a medical device; not for diagnosis.",
+                     "limitations": "Trained on a small public data set; performance on other hospitals, "
+                                    "devices, ages or views is unknown."}
+
+    def pixels(self, path: str) -> np.ndarray:
+        return read_image(path, self.spec.image_size)[0]
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """N x S x S uint8 -> N probabilities (temperature-scaled when the run was calibrated)."""
+        batch = normalize(torch.from_numpy(np.array(pixels)).unsqueeze(1), self.spec.normalization, self.spec.in_chans)
+        with torch.no_grad():
+            logits = self.model(batch.to(self.device, memory_format=torch.channels_last)).float().reshape(-1)
+        if self.temperature:
+            logits = logits / self.temperature
+        return torch.sigmoid(logits).cpu().numpy()
+
+    def heatmap(self, pixels: np.ndarray, method: str = "gradcam") -> np.ndarray:
+        from ..saliency.methods import compute_maps, default_target_layer, explainable_copy
+
+        if not hasattr(self, "_explain_model"):
+            self._explain_model = explainable_copy(self.model).float().cpu()
+            self._layer = default_target_layer(self._explain_model)
+        batch = normalize(torch.from_numpy(np.array(pixels[None])).unsqueeze(1), self.spec.normalization, self.spec.in_chans)
+        return compute_maps(self._explain_model, batch.contiguous(), method, self._layer)[0]
+
+    def _result(self, path: str, p: float, heat=None) -> Prediction:
+        positive = bool(p >= self.threshold)
+        return Prediction(path, float(p), self.positive if positive else self.negative, positive,
+                          self.threshold, self.policy, heat)
+
+    def predict_paths(self, paths: list[str], method: str | None = None, batch_size: int = 32) -> list[Prediction]:
+        out = []
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            pixels = np.stack([self.pixels(p) for p in chunk])
+            for p, prob, px in zip(chunk, self.probabilities(pixels), pixels):
+                out.append(self._result(p, prob, self.heatmap(px, method) if method else None))
+        return out
+
+    def predict_bytes(self, data: bytes, name: str = "upload", method: str | None = None) -> Prediction:
+        """Score an uploaded file (PNG, JPEG, DICOM...). Decoding goes through the same reader."""
+        suffix = Path(name).suffix.lower() if Path(name).suffix else ""
+        with tempfile.NamedTemporaryFile(suffix=suffix) as f:
+            f.write(data)
+            f.flush()
+            pixels = self.pixels(f.name)
+        return self._result(name, self.probabilities(pixels[None])[0], self.heatmap(pixels, method) if method else None)
+
+
+def heatmap_png(cam: np.ndarray) -> bytes:
+    """An RGBA PNG of the jet-coloured map (alpha follows the map), to lay over the X-ray."""
+    from matplotlib import cm
+    from PIL import Image
+
+    rgba = (cm.jet(cam) * 255).astype(np.uint8)
+    rgba[..., 3] = (np.clip(cam, 0, 1) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    return buf.getvalue()
+

@@ -1,0 +1,81 @@
+"""The web page and the quiz in a real browser: Playwright driving Debian's headless Chromium."""
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from test_serving import run_dir  # noqa: F401  (module fixture: a small trained, evaluated run)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):  # noqa: F811
+    import uvicorn
+
+    from cxrlab.serving.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(run_dir, seed=1), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def page():
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        pg = browser.new_page(viewport={"width": 1200, "height": 900})
+        yield pg
+        browser.close()
+
+
+def test_upload_shows_probability_and_heatmap(server, page, run_dir):  # noqa: F811
+    split = pd.read_csv(run_dir / "split.csv")
+    image = split.loc[split["split"] == "test", "path"].iloc[0]
+    page.goto(server + "/")
+    page.wait_for_selector("#card dt")  # the model card loaded
+    page.set_input_files("#file", image)
+    page.wait_for_selector("#result:not([hidden])")
+    page.wait_for_function("document.getElementById('heat').src.startsWith('data:image/png;base64,')")
+    numbers = page.inner_text("#numbers")
+    assert "probability" in numbers and "threshold" in numbers
+    assert page.inner_text("#verdict") in ("effusion", "normal")
+    page.fill("#opacity", "80")
+    page.dispatch_event("#opacity", "input")
+    assert page.eval_on_selector("#heat", "e => e.style.opacity") == "0.8"
+    page.screenshot(path=str(ARTIFACTS / "predict.png"), full_page=True)
+
+
+def test_quiz_three_rounds_keeps_score(server, page):
+    page.goto(server + "/quiz")
+    for round_ in range(1, 4):
+        page.wait_for_function(f"document.getElementById('round').textContent == '{round_}'")
+        page.wait_for_function("!document.getElementById('normal').disabled")
+        page.click("#normal")
+        page.wait_for_selector("#reveal b")
+        assert "Truth:" in page.inner_text("#reveal")
+        page.click("#next")
+    you, model = int(page.inner_text("#you")), int(page.inner_text("#model"))
+    assert 0 <= you <= 3 and 0 <= model <= 3
+    page.screenshot(path=str(ARTIFACTS / "quiz.png"), full_page=True)

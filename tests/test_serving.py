@@ -1,0 +1,166 @@
+import base64
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrlab.config import DataConfig, TrainConfig
+from cxrlab.demo import make_demo_data
+from cxrlab.training import train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from cxrlab.evaluation.evaluate import evaluate_run
+
+    tmp = tmp_path_factory.mktemp("serve")
+    data = make_demo_data(tmp / "demo", n_patients=60, size=96)
+    cfg = TrainConfig(source=str(data), positive="effusion", epochs=6,
+                      data=DataConfig(image_size=96, cache_dir=str(tmp / "cache")))
+    run = train(cfg, tmp / "run").dir.path
+    evaluate_run(run, n_resamples=50)
+    return run
+
+
+@pytest.fixture(scope="module")
+def client(run_dir):
+    from fastapi.testclient import TestClient
+
+    from cxrlab.serving.app import create_app
+
+    return TestClient(create_app(run_dir, max_upload_mb=1, seed=0), raise_server_exceptions=False)
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def a_test_image(run_dir) -> bytes:
+    import pandas as pd
+
+    split = pd.read_csv(run_dir / "split.csv")
+    return open(split.loc[split["split"] == "test", "path"].iloc[0], "rb").read()
+
+
+def test_health_and_model_card(client):
+    assert client.get("/api/health").json() == {"status": "ok", "model": "seed-cnn"}
+    card = client.get("/api/model").json()
+    assert card["task"] == {"positive": "effusion", "negative": "normal"}
+    assert card["policy"] == "sensitivity:0.95" and "Not a medical device" in card["intended_use"]
+    assert client.get("/docs").status_code == 200 and "/api/predict" in client.get("/openapi.json").text
+
+
+def test_predict_matches_the_predictor(client, run_dir):
+    from cxrlab.serving import Predictor
+
+    data = a_test_image(run_dir)
+    body = client.post("/api/predict", files={"file": ("x.png", data, "image/png")}).json()
+    expected = Predictor(run_dir).predict_bytes(data, "x.png")
+    assert body["probability"] == pytest.approx(expected.probability, abs=1e-6)
+    assert body["label"] == expected.label and body["threshold"] == expected.threshold
+    assert "heatmap_png" not in body
+
+
+def test_predict_with_heatmap(client, run_dir):
+    r = client.post("/api/predict", params={"heatmap": "true", "method": "gradcam++"},
+                    files={"file": ("x.png", a_test_image(run_dir))})
+    body = r.json()
+    assert r.status_code == 200 and body["method"] == "gradcam++"
+    heat = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"])))
+    assert heat.mode == "RGBA" and heat.size == (96, 96)
+
+
+def test_predict_dicom(client, tmp_path):
+    from test_images import gradient, write_dicom
+
+    path = write_dicom(tmp_path / "x.dcm", gradient(shape=(96, 96)), "MONOCHROME1")
+    r = client.post("/api/predict", files={"file": ("x.dcm", path.read_bytes(), "application/dicom")})
+    assert r.status_code == 200 and 0 <= r.json()["probability"] <= 1
+
+
+def test_upload_limit_413(client):
+    big = png_bytes(np.random.default_rng(0).integers(0, 255, (1200, 1200), dtype=np.uint8))
+    assert len(big) > 1024 * 1024
+    r = client.post("/api/predict", files={"file": ("big.png", big)})
+    assert r.status_code == 413 and "larger than" in r.json()["error"]
+
+
+def test_non_image_415(client):
+    r = client.post("/api/predict", files={"file": ("notes.png", b"hello, not an image at all")})
+    assert r.status_code == 415 and "not a supported image" in r.json()["error"]
+
+
+def test_decompression_bomb_400(client):
+    buf = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(buf, format="PNG")  # ~100 kB, 900 megapixels declared
+    r = client.post("/api/predict", files={"file": ("bomb.png", buf.getvalue())})
+    assert r.status_code == 400 and "too large" in r.json()["error"]
+
+
+def test_truncated_image_is_a_json_error_without_trace(client, run_dir):
+    data = a_test_image(run_dir)[:300]
+    r = client.post("/api/predict", files={"file": ("t.png", data)})
+    assert r.status_code == 400 and "Traceback" not in r.text and set(r.json()) == {"error"}
+
+
+def test_unknown_method_400(client, run_dir):
+    r = client.post("/api/predict?heatmap=true&method=magic", files={"file": ("x.png", a_test_image(run_dir))})
+    assert r.status_code == 400 and "unknown method" in r.json()["error"]
+
+
+def test_quiz_by_id_only(client):
+    q = client.get("/api/quiz/next").json()
+    assert set(q) == {"id", "labels"} and isinstance(q["id"], int)
+    img = client.get(f"/api/quiz/image/{q['id']}")
+    assert img.status_code == 200 and img.headers["content-type"] == "image/png"
+    assert client.get("/api/quiz/image/99999").status_code == 404
+    assert client.get("/api/quiz/image/..%2F..%2Fetc%2Fpasswd").status_code in (404, 422)
+    ans = client.post("/api/quiz/answer", json={"id": q["id"], "guess": "finding"}).json()
+    assert ans["truth"] in ("finding", "normal") and ans["you_correct"] == (ans["truth"] == "finding")
+    assert 0 <= ans["model"]["probability"] <= 1
+    assert client.post("/api/quiz/answer", json={"id": q["id"], "guess": "maybe"}).status_code == 400
+
+
+def test_pages_are_offline(client):
+    for page in ("/", "/quiz"):
+        html = client.get(page).text
+        assert "<script>" in html and "http://" not in html and "https://" not in html
+
+
+def test_onnx_export_matches_torch_and_runs_without_torch(run_dir, tmp_path):
+    import onnxruntime as ort
+    import torch
+
+    from cxrlab.serving import Predictor
+    from cxrlab.serving.export import export_run
+
+    export_run(run_dir, "onnx", tmp_path / "exp")
+    predictor = Predictor(run_dir, device="cpu")
+    x = torch.randn(4, 1, 96, 96)
+    with torch.no_grad():
+        ref = predictor.model.float()(x).numpy()
+    out = ort.InferenceSession(str(tmp_path / "exp" / "model.onnx")).run(None, {"image": x.numpy()})[0]
+    assert np.abs(out - ref).max() < 1e-4
+    image = tmp_path / "x.png"
+    image.write_bytes(a_test_image(run_dir))
+    code = ("import sys, runpy; sys.modules['torch'] = None; "  # importing torch now fails
+            f"sys.argv = ['p', {str(image)!r}]; runpy.run_path({str(tmp_path / 'exp' / 'onnx_predict.py')!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    standalone = json.loads(proc.stdout)[0]
+    assert standalone["probability"] == pytest.approx(predictor.predict_paths([str(image)])[0].probability, abs=1e-4)
+
+
+def test_torchscript_export(run_dir, tmp_path):
+    import torch
+
+    from cxrlab.serving.export import export_run
+
+    path = export_run(run_dir, "torchscript", tmp_path / "ts")
+    assert torch.jit.load(str(path))(torch.zeros(1, 1, 96, 96)).shape == (1, 1)
