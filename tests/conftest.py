@@ -79,3 +79,14 @@ def nih_csv(tmp_path) -> Path:
 
 
 requires_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent")
+
+
+def lesson_config(source, image_size: int, epochs: int, cache_dir, **kw):
+    """The lesson's recipe (seed-cnn, no augmentation, best val loss, no early stop) on small data:
+    fast and deterministic for tests that need a trained run."""
+    from cxrlab.config import AugmentConfig, DataConfig, TrainConfig
+
+    return TrainConfig(source=str(source), positive="effusion", epochs=epochs, model="seed-cnn",
+                       monitor="val_loss", early_stopping=0, **kw,
+                       data=DataConfig(image_size=image_size, cache_dir=str(cache_dir),
+                                       augment=AugmentConfig(enabled=False)))

@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import (average_precision_score, balanced_accuracy_score, f1_score, precision_score,
                              recall_score, roc_auc_score)
 
-from cxrlab.config import DataConfig, TrainConfig
+from conftest import lesson_config
 from cxrlab.demo import make_demo_data
 from cxrlab.errors import ConfigError, CxrlabError, DataError
 from cxrlab.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
@@ -91,8 +91,7 @@ def test_temperature_scaling_recovers_overconfidence():
 def trained_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
     data = make_demo_data(tmp / "d", n_patients=80, size=96)
-    cfg = TrainConfig(source=str(data), positive="effusion", epochs=12,
-                      data=DataConfig(image_size=96, cache_dir=str(tmp / "cache")))
+    cfg = lesson_config(data, 96, 12, tmp / "cache")
     return train(cfg, tmp / "run").dir.path
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from cxrlab.config import DataConfig, TrainConfig
+from conftest import lesson_config
 from cxrlab.demo import make_demo_data
 from cxrlab.saliency import explain, localisation, save_explanation, sanity_check
 from cxrlab.saliency.methods import compute_maps, default_target_layer, explainable_copy
@@ -94,8 +94,7 @@ def test_no_hook_leak_over_many_calls():
 def demo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("explain")
     data = make_demo_data(tmp / "demo")  # exactly the demo: 160 patients, 128 px training
-    cfg = TrainConfig(source=str(data), positive="effusion", epochs=20,
-                      data=DataConfig(image_size=128, cache_dir=str(tmp / "cache")))
+    cfg = lesson_config(data, 128, 20, tmp / "cache")
     return train(cfg, tmp / "run").dir.path, tmp / "demo"
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrlab.config import DataConfig, TrainConfig
+from conftest import lesson_config
 from cxrlab.demo import make_demo_data
 from cxrlab.training import train
 
@@ -19,8 +19,7 @@ def run_dir(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("serve")
     data = make_demo_data(tmp / "demo", n_patients=60, size=96)
-    cfg = TrainConfig(source=str(data), positive="effusion", epochs=6,
-                      data=DataConfig(image_size=96, cache_dir=str(tmp / "cache")))
+    cfg = lesson_config(data, 96, 6, tmp / "cache")
     run = train(cfg, tmp / "run").dir.path
     evaluate_run(run, n_resamples=50)
     return run

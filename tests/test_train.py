@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cxrlab.config import DataConfig, TrainConfig, load_yaml
+from cxrlab.config import AugmentConfig, DataConfig, TrainConfig, load_yaml
 from cxrlab.demo import make_demo_data
 from cxrlab.errors import CxrlabError
 from cxrlab.training import TrainingDiverged, train
@@ -22,8 +22,11 @@ def demo_dir(tmp_path_factory) -> Path:
 
 
 def config(demo_dir, tmp_path, **kw) -> TrainConfig:
-    data = DataConfig(image_size=64, cache_dir=str(tmp_path / "cache"))
-    return TrainConfig(source=str(demo_dir), positive="effusion", epochs=kw.pop("epochs", 3), data=data, **kw)
+    """The lesson's network without augmentation, unless a test asks otherwise."""
+    data = DataConfig(image_size=64, cache_dir=str(tmp_path / "cache"),
+                      augment=AugmentConfig(enabled=kw.pop("augment", False)))
+    return TrainConfig(source=str(demo_dir), positive="effusion", epochs=kw.pop("epochs", 3), data=data,
+                       model=kw.pop("model", "seed-cnn"), early_stopping=kw.pop("early_stopping", 0), **kw)
 
 
 def test_run_directory_contents(demo_dir, tmp_path):
@@ -40,8 +43,9 @@ def test_run_directory_contents(demo_dir, tmp_path):
 
 def test_short_run_learns(tmp_path):
     data = make_demo_data(tmp_path / "d", n_patients=120, size=128)
-    cfg = TrainConfig(source=str(data), positive="effusion", epochs=20, seed=0,
-                      data=DataConfig(image_size=128, cache_dir=str(tmp_path / "cache")))
+    cfg = TrainConfig(source=str(data), positive="effusion", epochs=20, seed=0, model="seed-cnn",
+                      data=DataConfig(image_size=128, cache_dir=str(tmp_path / "cache"),
+                                      augment=AugmentConfig(enabled=False)))
     run = train(cfg, tmp_path / "run")
     assert run.history["val_auc"].max() > 0.9
 
@@ -156,7 +160,7 @@ def test_cli_train_and_config_repeat_the_run(demo_dir, tmp_path):
     from cxrlab.cli import app
 
     runner = CliRunner()
-    args = ["train", str(demo_dir), "--positive", "effusion", "--epochs", "2", "--image-size", "64",
+    args = ["train", str(demo_dir), "--positive", "effusion", "--epochs", "2", "--image-size", "64", "--model", "seed-cnn",
             "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "a"), "--lr", "0.002"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

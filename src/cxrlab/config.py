@@ -22,7 +22,7 @@ class AugmentConfig:
     """Random training-time transforms (torchvision v2). Horizontal flip is off on purpose:
     a flipped chest X-ray puts the heart on the wrong side."""
 
-    enabled: bool = False
+    enabled: bool = True  # on in cxrlab's default recipe (BENCHMARKS.md); the lesson's recipe has it off
     rotation: float = 10.0  # degrees, +-
     shift: float = 0.05  # fraction of width/height, +-
     zoom: float = 0.1  # scale in [1-zoom, 1+zoom]
@@ -105,7 +105,7 @@ class TrainConfig:
     negative: list[str] | None = None
     images_dir: str | None = None
     split_file: str | None = None
-    model: str = "seed-cnn"
+    model: str = "seed-cnn-bn"  # cxrlab's default recipe; the lesson's network is "seed-cnn"
     pretrained: str | None = None  # "imagenet" (timm backbones, needs internet once)
     weights: str | None = None  # local backbone weights (.safetensors or a torch state dict)
     init_from: str | None = None  # a run directory whose backbone to start from
@@ -115,21 +115,21 @@ class TrainConfig:
     finetune_lr_factor: float = 0.1  # second-phase lr = lr x this (the seeds use 10-100x lower)
     cache_features: bool = True  # frozen backbone, no augmentation: compute its features once
     dropout: float = 0.6
-    epochs: int = 10
+    epochs: int = 40
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float | None = None
     class_weights: bool = True  # pos_weight = negatives / positives of the training split
-    monitor: str = "val_loss"
-    early_stopping: int = 0  # patience in epochs; 0 = off
+    monitor: str = "val_auc"
+    early_stopping: int = 10  # patience in epochs; 0 = off
     lr_patience: int = 2
     lr_factor: float = 0.5
     min_lr: float = 1e-6
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto: mixed on CUDA, fp32 on CPU | fp32 | bf16 (autocast, CPU or GPU)
+    precision: str = "auto"  # auto: mixed on CUDA, bf16 on CPUs with native bf16, else fp32 | fp32 | bf16
     workers: int = 0  # DataLoader workers
     devices: int = 1  # data-parallel processes on this node (DDP); torchrun/SLURM set their own
     data: DataConfig = field(default_factory=DataConfig)

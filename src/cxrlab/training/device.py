@@ -18,15 +18,27 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 / AMX: where bf16 convolutions are fast (1.8x here, BENCHMARKS.md)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast(device: torch.device, precision: str = "auto"):
-    """auto: bf16 autocast on CUDA GPUs that support it, fp16 on older ones, fp32 on CPU.
-    bf16: bf16 autocast on any device (on CPUs with AVX-512 BF16/AMX it is much faster; its accuracy
-    is measured in BENCHMARKS.md). fp32: no autocast."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+    """auto: bf16 autocast on CUDA GPUs that support it (fp16 on older ones), and on CPUs with native
+    bf16 (same test AUC as fp32 on NIH effusion, BENCHMARKS.md), else fp32.
+    bf16: bf16 autocast on any device. fp32: no autocast."""
+    if precision == "fp32":
         return contextlib.nullcontext()
-    if precision == "bf16" or torch.cuda.is_bf16_supported():
+    if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
-    return torch.autocast("cuda", dtype=torch.float16)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def needs_grad_scaler(device: torch.device, precision: str = "auto") -> bool:
