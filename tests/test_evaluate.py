@@ -166,3 +166,12 @@ def test_missing_run_file_is_named(trained_run, tmp_path):
     (broken / "best.safetensors").unlink()
     with pytest.raises(CxrlabError, match="missing best.safetensors"):
         evaluate_run(broken)
+
+
+def test_tta_averages_augmented_passes(trained_run):
+    from cxrlab.evaluation.predict import predict_split
+
+    plain = predict_split(trained_run, "test")
+    tta = predict_split(trained_run, "test", tta=4)
+    assert list(plain["path"]) == list(tta["path"])
+    assert not np.allclose(plain["score"], tta["score"]) and tta["score"].between(0, 1).all()

@@ -140,3 +140,16 @@ def test_explain_writes_pngs_and_npy(demo_run, tmp_path):
     assert (tmp_path / "out" / "grid.png").exists()
     table, verdict = sanity_check(run, images, ["gradcam"], out=tmp_path / "sanity")
     assert (tmp_path / "sanity" / "sanity.png").exists() and len(verdict) == 1
+
+
+def test_faithfulness_scores_and_data_randomisation(demo_run, tmp_path):
+    from conftest import lesson_config
+    from cxrlab.saliency import data_randomization
+
+    run, demo = demo_run
+    result = localisation(run, demo / "boxes.csv", demo / "data", ["gradcam"], faithfulness=True)
+    assert {"road_morf", "road_lerf", "road_combined"} <= set(result["gradcam"])
+    shuffled = train(lesson_config(demo / "data", 128, 3, tmp_path / "cache", shuffle_labels=True), tmp_path / "shuf")
+    images = sorted((demo / "data" / "effusion").glob("*.png"))[:3]
+    table = data_randomization(run, shuffled.dir.path, images, ["gradcam"])
+    assert list(table.columns) == ["method", "spearman", "ssim", "passes"] and len(table) == 1

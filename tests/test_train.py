@@ -215,3 +215,22 @@ def test_two_process_ddp_gives_one_consistent_checkpoint(demo_dir, tmp_path):
                                 torch.tensor(val["y"].to_numpy(), dtype=torch.float64))
     best = run.history.loc[run.history["epoch"] == run.best_epoch, "val_loss"].item()
     assert float(loss) == pytest.approx(best, abs=1e-4)
+
+
+def test_init_from_copies_the_backbone(demo_dir, tmp_path):
+    first = train(config(demo_dir, tmp_path, epochs=2), tmp_path / "first")
+    cfg = config(demo_dir, tmp_path, epochs=1, init_from=str(first.dir.path), trainable_blocks=0)
+    train(cfg, tmp_path / "second")
+    a = load_file(str(tmp_path / "first" / "best.safetensors"))
+    b = load_file(str(tmp_path / "second" / "best.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("features."))
+    other = config(demo_dir, tmp_path, epochs=1, init_from=str(first.dir.path), model="resnet18")
+    with pytest.raises(CxrlabError, match="does not match"):
+        train(other, tmp_path / "third")
+
+
+def test_shuffled_labels_run_keeps_true_split_file(demo_dir, tmp_path):
+    run = train(config(demo_dir, tmp_path, epochs=1, shuffle_labels=True), tmp_path / "shuffled")
+    honest = pd.read_csv(tmp_path / "shuffled" / "split.csv")
+    normal = honest[honest["path"].str.contains("/normal/")]
+    assert (normal["y"] == 0).all() and run.config.shuffle_labels

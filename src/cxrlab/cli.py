@@ -127,6 +127,7 @@ def train(
     lr_patience: Optional[int] = typer.Option(None), lr_factor: Optional[float] = typer.Option(None),
     min_lr: Optional[float] = typer.Option(None),
     seed: Optional[int] = typer.Option(None), deterministic: Optional[bool] = typer.Option(None),
+    shuffle_labels: Optional[bool] = typer.Option(None, help="Sanity-check runs only: permute training labels."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda, cuda:N."),
     precision: Optional[str] = typer.Option(None, help="auto (mixed on GPU, fp32 on CPU), fp32, bf16."),
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes."),
@@ -160,7 +161,7 @@ def train(
 
 _TRAIN_FLAGS = {"positive", "images", "split_file", "model", "pretrained", "weights", "init_from",
                 "trainable_blocks", "epochs", "batch_size", "lr", "weight_decay", "grad_clip", "dropout",
-                "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "seed",
+                "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "seed", "shuffle_labels",
                 "deterministic", "device", "precision", "workers", "image_size", "normalization", "augment",
                 "split_scheme", "split_seed", "val_policy", "on_bad_image", "cache_dir"}
 

@@ -126,6 +126,7 @@ class TrainConfig:
     lr_patience: int = 2
     lr_factor: float = 0.5
     min_lr: float = 1e-6
+    shuffle_labels: bool = False  # sanity-check runs only: permute the training labels (Adebayo et al.)
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N

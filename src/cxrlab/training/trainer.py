@@ -362,8 +362,12 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
     if data.task is None:
         raise CxrlabError("no task: pass --positive (and --negative) to choose the classes")
     if ctx.main and not resuming:
-        save_split(data.frame, run.split)
+        save_split(data.frame, run.split)  # the true labels: evaluation of this run stays honest
         save_yaml(cfg, run.config)
+    if cfg.shuffle_labels:  # a model that can only memorise: the data-randomisation sanity check
+        train_rows = data.frame.index[data.frame["split"] == "train"]
+        shuffled = np.random.default_rng(cfg.seed).permutation(data.frame.loc[train_rows, "y"].to_numpy())
+        data.frame.loc[train_rows, "y"] = shuffled
     loop = _Loop(cfg, run, data, ctx, on_epoch if ctx.main else None)
     if ckpt is not None:
         loop.restore(ckpt)
