@@ -6,7 +6,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .augment import augment_uint8
 from .preprocess import normalize
 
 
@@ -24,19 +23,16 @@ class XrayDataset(Dataset):
         row = int(self.indices[i])
         img = torch.from_numpy(np.array(self.images[row])).unsqueeze(0)
         if self.augment is not None:
-            img = augment_uint8(img, self.augment)
+            img = self.augment(img)
         return img, torch.tensor(float(self.labels[row]))
 
 
-def make_collate(mode: str, channels: int = 1, augment=None):
-    """A DataLoader collate_fn that stacks uint8 images, augments the batch when asked (one random
-    transform per image), and normalises it."""
+def make_collate(mode: str, channels: int = 1):
+    """A DataLoader collate_fn that stacks uint8 images and normalises the batch."""
 
     def collate(batch):
         images = torch.stack([b[0] for b in batch])
         labels = torch.stack([b[1] for b in batch])
-        if augment is not None:
-            images = (augment(images.float() / 255.0) * 255.0).round_().to(torch.uint8)
         return normalize(images, mode, channels), labels
 
     return collate

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .augment import augment_uint8, build_augment  # noqa: E402
+from .augment import build_augment  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -73,7 +73,7 @@ def augmentation_grid(data, path: Path, n: int = 8, seed: int = 0) -> Path:
     axes[0].set_title("original", fontsize=8)
     img = torch.from_numpy(np.array(source)).unsqueeze(0)
     for ax in axes[1:]:
-        ax.imshow(augment_uint8(img, transform)[0].numpy(), cmap="gray", vmin=0, vmax=255)
+        ax.imshow(transform(img)[0].numpy(), cmap="gray", vmin=0, vmax=255)
     for ax in axes:
         ax.axis("off")
     ranges = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items() if k != "enabled")
