@@ -21,7 +21,7 @@ import yaml
 
 from cxrlab.config import DataConfig, TrainConfig, with_overrides
 from cxrlab.evaluation import binary_metrics, bootstrap_ci, predict_split
-from cxrlab.evaluation.metrics import youden_threshold
+from cxrlab.evaluation.thresholds import choose_threshold
 from cxrlab.training import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -48,7 +48,7 @@ def run_one(task: str, recipe: str, seed: int, workdir: Path, cache: str, extra:
     val = predict_split(run.dir.path, "val")
     test = predict_split(run.dir.path, "test")
     wall = time.perf_counter() - t0
-    thr = youden_threshold(val["y"], val["score"])
+    thr = choose_threshold("youden", val["y"].to_numpy(), val["score"].to_numpy())
     m = binary_metrics(test["y"], test["score"], thr)
     auc, lo, hi = bootstrap_ci(test["y"].to_numpy(), test["score"].to_numpy(), test["patient"].to_numpy())
     return {"task": task, "recipe": recipe, "seed": seed, "auc": auc, "auc_ci": [lo, hi], **{

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import (average_precision_score, balanced_accuracy_score, classification_report,
-                             confusion_matrix, f1_score, roc_auc_score, roc_curve)
+                             confusion_matrix, f1_score, roc_auc_score)
 
 
 def _ratio(a: int, b: int) -> float:
@@ -35,11 +35,6 @@ def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float = 0.5) -> 
     if not two_classes:
         out["auc_undefined_reason"] = f"the data has one class only ({int(y.sum())} positives of {len(y)})"
     return out
-
-
-def youden_threshold(y: np.ndarray, score: np.ndarray) -> float:
-    fpr, tpr, thr = roc_curve(y, score)
-    return float(np.clip(thr[np.argmax(tpr - fpr)], 0, 1))
 
 
 def patient_resamples(patients: np.ndarray, n_resamples: int, seed: int):
