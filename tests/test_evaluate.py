@@ -175,3 +175,18 @@ def test_tta_averages_augmented_passes(trained_run):
     tta = predict_split(trained_run, "test", tta=4)
     assert list(plain["path"]) == list(tta["path"])
     assert not np.allclose(plain["score"], tta["score"]) and tta["score"].between(0, 1).all()
+
+
+def test_calibrate_stores_a_temperature_and_keeps_the_ranking(trained_run, tmp_path):
+    import shutil
+
+    from cxrlab.evaluation.evaluate import evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "threshold.json").unlink(missing_ok=True)
+    plain = evaluate_run(run, n_resamples=50, policy="youden")
+    calibrated = evaluate_run(run, n_resamples=50, policy="youden", calibrate=True)
+    stored = json.loads((run / "threshold.json").read_text())
+    assert stored["temperature"] > 0 and calibrated["operating_point"]["temperature"] == stored["temperature"]
+    assert calibrated["auc"] == pytest.approx(plain["auc"])  # temperature scaling is monotonic
