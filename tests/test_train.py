@@ -234,3 +234,15 @@ def test_shuffled_labels_run_keeps_true_split_file(demo_dir, tmp_path):
     honest = pd.read_csv(tmp_path / "shuffled" / "split.csv")
     normal = honest[honest["path"].str.contains("/normal/")]
     assert (normal["y"] == 0).all() and run.config.shuffle_labels
+
+
+def test_cli_devices_2_prints_epochs_and_finishes(demo_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from cxrlab.cli import app
+
+    args = ["train", str(demo_dir), "--positive", "effusion", "--epochs", "1", "--image-size", "64", "--model",
+            "seed-cnn", "--no-augment", "--devices", "2", "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "run directory" in result.output and (tmp_path / "r" / "best.safetensors").exists()

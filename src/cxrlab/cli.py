@@ -131,9 +131,17 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda, cuda:N."),
     precision: Optional[str] = typer.Option(None, help="auto (mixed on GPU, fp32 on CPU), fp32, bf16."),
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes."),
+    devices: Optional[int] = typer.Option(None, help="Data-parallel processes on this machine (DDP)."),
+    finetune_epochs: Optional[int] = typer.Option(None, help="Second phase: epochs with the last blocks unfrozen."),
+    finetune_blocks: Optional[int] = typer.Option(None, help="Backbone stages unfrozen in the second phase."),
+    finetune_lr_factor: Optional[float] = typer.Option(None, help="Second-phase lr = lr x this (default 0.1)."),
+    cache_features: Optional[bool] = typer.Option(None, "--cache-features/--no-cache-features",
+                                                  help="Frozen backbone, no augmentation: compute features once."),
     image_size: Optional[int] = typer.Option(None), normalization: Optional[str] = typer.Option(None),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment"),
     split_scheme: Optional[str] = typer.Option(None), split_seed: Optional[int] = typer.Option(None),
+    val_fraction: Optional[float] = typer.Option(None, help="Overrides the split scheme's validation share."),
+    test_fraction: Optional[float] = typer.Option(None, help="Overrides the split scheme's test share."),
     val_policy: Optional[str] = typer.Option(None), on_bad_image: Optional[str] = typer.Option(None),
     cache_dir: Optional[Path] = typer.Option(None),
 ):
@@ -162,8 +170,9 @@ def train(
 _TRAIN_FLAGS = {"positive", "images", "split_file", "model", "pretrained", "weights", "init_from",
                 "trainable_blocks", "epochs", "batch_size", "lr", "weight_decay", "grad_clip", "dropout",
                 "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "seed", "shuffle_labels",
-                "deterministic", "device", "precision", "workers", "image_size", "normalization", "augment",
-                "split_scheme", "split_seed", "val_policy", "on_bad_image", "cache_dir"}
+                "deterministic", "device", "precision", "workers", "devices", "finetune_epochs", "finetune_blocks",
+                "finetune_lr_factor", "cache_features", "image_size", "normalization", "augment",
+                "split_scheme", "split_seed", "val_fraction", "test_fraction", "val_policy", "on_bad_image", "cache_dir"}
 
 
 def _print_epoch(row: dict) -> None:

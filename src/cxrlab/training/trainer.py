@@ -338,12 +338,16 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, resume: bo
     if cfg.devices > 1 and not distributed.launched_by_torchrun():
         if not resume:
             run.prepare(overwrite=overwrite)
-        distributed.spawn(_train_process, cfg.devices, cfg, str(out), True, on_epoch, progress)
+        # the directory is prepared above, so each process resumes exactly when a checkpoint exists; the
+        # progress bar stays here (it cannot cross a process boundary), the epoch printer travels
+        distributed.spawn(_train_process, cfg.devices, cfg, str(out), True, on_epoch, None)
         return load_run(out)
     return _train_process(cfg, str(out), resume or False, on_epoch, progress, overwrite)
 
 
 def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress, overwrite: bool = False):
+    """One training process (of one, or of a data-parallel group). resume: continue from last.ckpt
+    when it exists."""
     run = RunDir(out)
     ctx = distributed.init_from_env("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
     resuming = resume and run.last_checkpoint.exists()
