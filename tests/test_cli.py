@@ -65,3 +65,14 @@ def test_demo_runs_offline_and_is_deterministic(tmp_path):
     a, b = (sorted((tmp_path / d / "data").rglob("*.png")) for d in ("d1", "d2"))
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
     assert (tmp_path / "d1" / "boxes.csv").read_text() == (tmp_path / "d2" / "boxes.csv").read_text()
+
+
+def test_every_train_config_key_is_a_flag():
+    import dataclasses
+
+    from cxrlab.cli import _TRAIN_FLAGS
+    from cxrlab.config import DataConfig, TrainConfig
+
+    keys = {f.name for f in dataclasses.fields(TrainConfig)} | {f.name for f in dataclasses.fields(DataConfig)}
+    # DATA, --negative and --images are parsed on their own; `data` is the nested DataConfig itself
+    assert sorted(keys - _TRAIN_FLAGS - {"source", "negative", "images_dir", "data"}) == []
