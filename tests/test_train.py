@@ -246,3 +246,23 @@ def test_cli_devices_2_prints_epochs_and_finishes(demo_dir, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "run directory" in result.output and (tmp_path / "r" / "best.safetensors").exists()
+
+
+def test_training_budget_caps_epochs(demo_dir, tmp_path):
+    run = train(config(demo_dir, tmp_path, epochs=4, max_train_images=1), tmp_path / "one")
+    assert len(run.history) == 1 and run.info["epochs_planned"] == 1  # at least one epoch
+    n_train = run.info["counts"]["train"]["images"]
+    run = train(config(demo_dir, tmp_path, epochs=4, max_train_images=2 * n_train + 1), tmp_path / "two")
+    assert len(run.history) == 2 and run.info["epochs_planned"] == 2
+    run = train(config(demo_dir, tmp_path, epochs=3, max_train_images=0), tmp_path / "nocap")
+    assert len(run.history) == 3
+
+
+def test_seed_cnn_bn_trains_contiguous_on_cpu_and_others_channels_last():
+    from cxrlab.models import ModelSpec, create_model
+    from cxrlab.training.device import training_memory_format
+
+    cpu = torch.device("cpu")
+    assert training_memory_format(create_model(ModelSpec("seed-cnn-bn")), cpu) == torch.contiguous_format
+    assert training_memory_format(create_model(ModelSpec("seed-cnn")), cpu) == torch.channels_last
+    assert training_memory_format(create_model(ModelSpec("seed-cnn-bn")), torch.device("cuda")) == torch.channels_last

@@ -116,7 +116,10 @@ def train(
     weights: Optional[Path] = typer.Option(None, help="Local backbone weights (.safetensors / .pth)."),
     init_from: Optional[Path] = typer.Option(None, help="Start from the backbone of an earlier run."),
     trainable_blocks: Optional[int] = typer.Option(None, help="0: frozen backbone; N: train its last N stages."),
-    epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
+    epochs: Optional[int] = typer.Option(None, help="At most this many epochs (default 40)."),
+    max_train_images: Optional[int] = typer.Option(
+        None, help="Training budget: epochs are capped at this many images seen (default 30000; 0: no cap)."),
+    batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None), weight_decay: Optional[float] = typer.Option(None),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
     dropout: Optional[float] = typer.Option(None),
@@ -163,13 +166,17 @@ def train(
     with _Bar("decoding images") as bar:
         run = train_run(cfg, out, overwrite=overwrite, resume=resume is not None,
                         on_epoch=_print_epoch, progress=bar)
+    planned = run.info.get("epochs_planned", run.config.epochs)
+    if planned < run.config.epochs:
+        console.print(f"{planned} epochs, not {run.config.epochs}: the training budget --max-train-images "
+                      f"{run.config.max_train_images} caps them ({run.info['counts']['train']['images']} training images)")
     console.print(f"best epoch {run.best_epoch} ({run.config.monitor}); "
                   f"{'stopped early; ' if run.stopped_early else ''}run directory: {run.dir.path}")
 
 
 _TRAIN_FLAGS = {"positive", "images", "split_file", "model", "pretrained", "weights", "init_from",
-                "trainable_blocks", "epochs", "batch_size", "lr", "weight_decay", "grad_clip", "dropout",
-                "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "seed", "shuffle_labels",
+                "trainable_blocks", "epochs", "max_train_images", "batch_size", "lr", "weight_decay", "grad_clip",
+                "dropout", "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "seed", "shuffle_labels",
                 "deterministic", "device", "precision", "workers", "devices", "finetune_epochs", "finetune_blocks",
                 "finetune_lr_factor", "cache_features", "image_size", "normalization", "augment",
                 "split_scheme", "split_seed", "val_fraction", "test_fraction", "val_policy", "on_bad_image", "cache_dir"}

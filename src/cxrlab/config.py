@@ -116,6 +116,10 @@ class TrainConfig:
     cache_features: bool = True  # frozen backbone, no augmentation: compute its features once
     dropout: float = 0.6
     epochs: int = 40
+    # a training budget: at most this many images seen (epochs x training images; 0: no cap). 40
+    # epochs of NIH's 440-630 training images fit; Kermany's 2,900 get 10, which keeps a run within
+    # 10 minutes on 2 CPU cores (BENCHMARKS.md). Applies to the first phase.
+    max_train_images: int = 30_000
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -142,6 +146,8 @@ class TrainConfig:
             self.negative = [self.negative]
         _check_choice("monitor", self.monitor, MONITORS)
         _check_choice("precision", self.precision, PRECISIONS)
+        if int(self.max_train_images) < 0:
+            raise ConfigError(f"max_train_images must be 0 (no cap) or more, got {self.max_train_images}")
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -38,6 +38,8 @@ class SeedCNN(nn.Module):
                 layers.append(nn.MaxPool2d(2))
             c_in = c_out
         self.features = nn.Sequential(*layers)
+        # CPU batch norm trains slowly in channels_last on these narrow layers (training/device.py)
+        self.cpu_channels_last_training = not batch_norm
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in, 128), nn.ReLU(), nn.Dropout(dropout),
                                   nn.Linear(128, 32), nn.ReLU(), nn.Linear(32, 1))

@@ -31,7 +31,7 @@ from ..models.registry import backbone_of
 from ..models.transfer import freeze_bn_stats, set_trainable_blocks
 from ..runs import RunDir
 from . import dist as distributed
-from .device import autocast, needs_grad_scaler, select_device
+from .device import autocast, needs_grad_scaler, select_device, training_memory_format
 from .features import extract_features
 from .metrics import epoch_metrics
 
@@ -80,8 +80,15 @@ def model_spec(cfg: TrainConfig) -> ModelSpec:
     return ModelSpec(cfg.model, channels, cfg.data.image_size, cfg.data.normalization, cfg.dropout)
 
 
-def phases_of(cfg: TrainConfig) -> list[Phase]:
-    phases = [Phase(cfg.epochs, cfg.trainable_blocks, cfg.lr)]
+def first_phase_epochs(cfg: TrainConfig, n_train: int) -> int:
+    """cfg.epochs, capped by the training budget cfg.max_train_images (at least one epoch)."""
+    if not cfg.max_train_images or n_train < 1:
+        return cfg.epochs
+    return max(1, min(cfg.epochs, cfg.max_train_images // n_train))
+
+
+def phases_of(cfg: TrainConfig, n_train: int = 0) -> list[Phase]:
+    phases = [Phase(first_phase_epochs(cfg, n_train), cfg.trainable_blocks, cfg.lr)]
     if cfg.finetune_epochs:
         phases.append(Phase(cfg.finetune_epochs, cfg.finetune_blocks, cfg.lr * cfg.finetune_lr_factor))
     return phases
@@ -148,9 +155,11 @@ class _Loop:
         self.model = create_model(self.spec, cfg.pretrained, cfg.weights)
         if cfg.init_from:
             _init_from_run(self.model, cfg.init_from)
-        self.model.to(self.device, memory_format=torch.channels_last)
+        self.memory_format = training_memory_format(self.model, self.device)
+        self.model.to(self.device, memory_format=self.memory_format)
         train_y = data.frame.loc[data.frame["split"] == "train", "y"]
         n_pos, n_neg = int(train_y.sum()), int((train_y == 0).sum())
+        self.n_train = len(train_y)
         self.pos_weight = n_neg / max(n_pos, 1) if cfg.class_weights else None
         pw = torch.tensor([self.pos_weight], device=self.device) if self.pos_weight else None
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=pw)
@@ -210,7 +219,7 @@ class _Loop:
         forward = self.model.head if self.cached is not None else (self.ddp or self.model)
         for x, y in loader:
             if self.cached is None:
-                x = x.to(self.device, memory_format=torch.channels_last)
+                x = x.to(self.device, memory_format=self.memory_format)
             yield x.to(self.device), y.to(self.device), forward
 
     # -- one epoch ---------------------------------------------------------------------------------
@@ -302,7 +311,7 @@ class _Loop:
 
     # -- the run -----------------------------------------------------------------------------------
     def run(self, resume_ckpt: dict | None) -> None:
-        phases = phases_of(self.cfg)
+        phases = phases_of(self.cfg, self.n_train)
         st = self.state
         while st.phase < len(phases):
             phase = phases[st.phase]
@@ -392,7 +401,8 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
                    for s in ("train", "val", "test")},
         "excluded_by_task": data.excluded, "skipped": data.skipped, "notes": data.notes,
         "pos_weight": loop.pos_weight, "best_epoch": loop.state.best_epoch, "monitor": cfg.monitor,
-        "best_score": loop.state.best, "epochs_run": len(hist), "stopped_early": loop.stopped_early,
+        "best_score": loop.state.best, "epochs_run": len(hist),
+        "epochs_planned": first_phase_epochs(cfg, loop.n_train), "stopped_early": loop.stopped_early,
         "device": str(loop.device), "precision": cfg.precision, "processes": ctx.world,
         "features_cached": loop.cached is not None,
         "train_seconds": float(hist["seconds"].sum()) if len(hist) else 0.0,
