@@ -163,3 +163,67 @@ def test_torchscript_export(run_dir, tmp_path):
 
     path = export_run(run_dir, "torchscript", tmp_path / "ts")
     assert torch.jit.load(str(path))(torch.zeros(1, 1, 96, 96)).shape == (1, 1)
+
+
+def test_batcher_batches_concurrent_requests_and_keeps_their_order():
+    import asyncio
+    import threading
+
+    from cxrlab.serving.batcher import MicroBatcher
+
+    calls, gate = [], threading.Event()
+
+    def fn(items):
+        gate.wait(5)  # the first call holds the worker until the rest have queued up
+        calls.append(list(items))
+        if "bad" in items:
+            raise ValueError("bad batch")
+        return [x * 10 for x in items]
+
+    batcher = MicroBatcher(fn)
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 6)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        out = await asyncio.gather(first, *rest)
+        failed = await asyncio.gather(batcher.submit("bad"), return_exceptions=True)
+        return out, failed
+
+    out, failed = asyncio.run(main())
+    assert out == [0, 10, 20, 30, 40, 50]
+    assert calls[:2] == [[0], [1, 2, 3, 4, 5]]  # the five that waited went in one call
+    assert isinstance(failed[0], ValueError)
+
+
+def test_batched_scores_and_heatmaps_equal_one_at_a_time(run_dir):
+    import pandas as pd
+
+    from cxrlab.serving import Predictor
+
+    pred = Predictor(run_dir, device="cpu")
+    split = pd.read_csv(run_dir / "split.csv")
+    pixels = [pred.pixels(p) for p in split["path"].iloc[:4]]
+    batched = pred.score_batch([(px, "gradcam" if i % 2 else None) for i, px in enumerate(pixels)])
+    for i, (px, (p, cam)) in enumerate(zip(pixels, batched)):
+        assert abs(p - float(pred.probabilities(px[None])[0])) < 1e-5
+        if i % 2:
+            assert np.allclose(cam, pred.heatmap(px, "gradcam"), atol=1e-4)
+        else:
+            assert cam is None
+
+
+def test_concurrent_api_requests_get_their_own_answers(client, run_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pandas as pd
+
+    split = pd.read_csv(run_dir / "split.csv")
+    images = [open(p, "rb").read() for p in split["path"].iloc[:8]]
+    single = [client.post("/api/predict", files={"file": ("x.png", im)}).json()["probability"] for im in images]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(
+            lambda im: client.post("/api/predict", files={"file": ("x.png", im)}).json()["probability"], images))
+    assert np.allclose(single, together, atol=1e-5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -123,30 +124,50 @@ def resize(arr: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def read_image(path: str, size: int | None = None) -> tuple[np.ndarray, ImageInfo]:
-    """Decode `path` to uint8 grayscale (resized to size x size when given) and its info."""
+@contextmanager
+def _decode_errors(name: str):
+    """Turn any decoding failure into an ImageReadError that names the file and the problem."""
     try:
-        if H5_SEP in path:
-            arr, w, h, mode, sha = _decode_h5(path)
-        else:
-            data = Path(path).read_bytes()
-            if not data:
-                raise ValueError("the file is empty (0 bytes)")
-            sha = hashlib.sha1(data).hexdigest()
-            is_dicom = Path(path).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM"
-            arr, w, h, mode = _decode_dicom(data) if is_dicom else _decode_pil(data, size)
+        yield
     except ImageReadError:
         raise
     except FileNotFoundError:
-        raise ImageReadError(path, "the file does not exist") from None
+        raise ImageReadError(name, "the file does not exist") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(path, f"declared image size is too large ({exc})") from None
+        raise ImageReadError(name, f"declared image size is too large ({exc})") from None
     except Image.UnidentifiedImageError:
-        raise ImageReadError(path, "not a readable image (unknown or corrupt format)") from None
+        raise ImageReadError(name, "not a readable image (unknown or corrupt format)") from None
     except Exception as exc:  # truncated files, broken DICOM, bad HDF5 rows, ...
-        raise ImageReadError(path, f"cannot decode image: {exc}") from None
+        raise ImageReadError(name, f"cannot decode image: {exc}") from None
+
+
+def _finish(arr: np.ndarray, name: str, size: int | None) -> np.ndarray:
     if arr.size == 0:
-        raise ImageReadError(path, "the image has no pixels")
+        raise ImageReadError(name, "the image has no pixels")
     if size:
         arr = resize(arr, size)
-    return np.ascontiguousarray(arr, dtype=np.uint8), ImageInfo(w, h, mode, sha)
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def decode_image(data: bytes, name: str, size: int | None = None) -> tuple[np.ndarray, ImageInfo]:
+    """Decode image bytes (PNG, JPEG, TIFF, BMP or DICOM) to uint8 grayscale, resized to size x size
+    when given. `name` is what errors name (and a .dcm suffix marks DICOM without a preamble)."""
+    with _decode_errors(name):
+        if not data:
+            raise ValueError("the file is empty (0 bytes)")
+        sha = hashlib.sha1(data).hexdigest()
+        is_dicom = Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM"
+        arr, w, h, mode = _decode_dicom(data) if is_dicom else _decode_pil(data, size)
+    return _finish(arr, name, size), ImageInfo(w, h, mode, sha)
+
+
+def read_image(path: str, size: int | None = None) -> tuple[np.ndarray, ImageInfo]:
+    """Decode `path` (a file, or an HDF5 row `file.h5::i`) to uint8 grayscale (resized to size x size
+    when given) and its info."""
+    if H5_SEP not in path:
+        with _decode_errors(path):
+            data = Path(path).read_bytes()
+        return decode_image(data, path, size)
+    with _decode_errors(path):
+        arr, w, h, mode, sha = _decode_h5(path)
+    return _finish(arr, path, size), ImageInfo(w, h, mode, sha)

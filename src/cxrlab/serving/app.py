@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel
 
 from ..errors import CxrlabError
 from ..saliency.methods import METHODS
+from .batcher import MicroBatcher
 from .predictor import Predictor, heatmap_png
 
 STATIC = Path(__file__).with_name("static")
@@ -77,6 +79,7 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
     split = pd.read_csv(predictor.run.split) if predictor.run.split.exists() else pd.DataFrame(columns=["path", "y", "split"])
     quiz = split[split["split"] == "test"].reset_index(drop=True)
     rng = random.Random(seed)
+    batcher = MicroBatcher(predictor.score_batch)
     app = FastAPI(title="cxrlab", description=f"{predictor.positive} vs {predictor.negative} "
                   f"({predictor.spec.name}). Not a medical device.", version="1")
 
@@ -131,12 +134,15 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
         if heatmap and method not in METHODS:
             raise ApiError(400, f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         check_dimensions(data, kind)
-        suffix = ".dcm" if kind == "dicom" else f".{kind}"
-        result = predictor.predict_bytes(data, f"upload{suffix}", method if heatmap else None)
+        name = "upload.dcm" if kind == "dicom" else f"upload.{kind}"
+        # decoding and scoring leave the event loop free; concurrent requests share one forward pass
+        pixels = await run_in_threadpool(predictor.decode, data, name)
+        probability, cam = await batcher.submit((pixels, method if heatmap else None))
+        result = predictor.result(name, probability, cam)
         body = {"probability": result.probability, "label": result.label, "positive": result.positive,
                 "threshold": result.threshold, "policy": result.policy, "model": predictor.spec.name}
         if result.heatmap is not None:
-            body["heatmap_png"] = base64.b64encode(heatmap_png(result.heatmap)).decode()
+            body["heatmap_png"] = base64.b64encode(await run_in_threadpool(heatmap_png, result.heatmap)).decode()
             body["method"] = method
         return body
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..data.images import read_image
+from ..data.images import decode_image, read_image
 from ..data.preprocess import normalize
 from ..runs import RunDir
 
@@ -68,15 +67,35 @@ class Predictor:
         return torch.sigmoid(logits).cpu().numpy()
 
     def heatmap(self, pixels: np.ndarray, method: str = "gradcam") -> np.ndarray:
+        return self.heatmaps(pixels[None], method)[0]
+
+    def heatmaps(self, pixels: np.ndarray, method: str = "gradcam") -> np.ndarray:
+        """N x S x S uint8 -> N x S x S maps in [0, 1], one backward pass for the batch."""
         from ..saliency.methods import compute_maps, default_target_layer, explainable_copy
 
         if not hasattr(self, "_explain_model"):
             self._explain_model = explainable_copy(self.model).float().cpu()
             self._layer = default_target_layer(self._explain_model)
-        batch = normalize(torch.from_numpy(np.array(pixels[None])).unsqueeze(1), self.spec.normalization, self.spec.in_chans)
-        return compute_maps(self._explain_model, batch.contiguous(), method, self._layer)[0]
+        batch = normalize(torch.from_numpy(np.array(pixels)).unsqueeze(1), self.spec.normalization, self.spec.in_chans)
+        return compute_maps(self._explain_model, batch.contiguous(), method, self._layer)
 
-    def _result(self, path: str, p: float, heat=None) -> Prediction:
+    def decode(self, data: bytes, name: str = "upload") -> np.ndarray:
+        """Uploaded bytes (PNG, JPEG, DICOM...) -> the model's input pixels, decoded in memory by the
+        same reader as training."""
+        return decode_image(data, name, self.spec.image_size)[0]
+
+    def score_batch(self, items: list[tuple[np.ndarray, str | None]]) -> list[tuple[float, np.ndarray | None]]:
+        """(pixels, heatmap method or None) per request -> (probability, map or None), with one
+        forward pass for all and one saliency pass per method: what the server's batcher calls."""
+        probs = self.probabilities(np.stack([px for px, _ in items]))
+        maps: list[np.ndarray | None] = [None] * len(items)
+        for method in {m for _, m in items if m}:
+            idx = [i for i, (_, m) in enumerate(items) if m == method]
+            for i, cam in zip(idx, self.heatmaps(np.stack([items[i][0] for i in idx]), method)):
+                maps[i] = cam
+        return [(float(p), cam) for p, cam in zip(probs, maps)]
+
+    def result(self, path: str, p: float, heat=None) -> Prediction:
         positive = bool(p >= self.threshold)
         return Prediction(path, float(p), self.positive if positive else self.negative, positive,
                           self.threshold, self.policy, heat)
@@ -87,17 +106,13 @@ class Predictor:
             chunk = paths[start:start + batch_size]
             pixels = np.stack([self.pixels(p) for p in chunk])
             for p, prob, px in zip(chunk, self.probabilities(pixels), pixels):
-                out.append(self._result(p, prob, self.heatmap(px, method) if method else None))
+                out.append(self.result(p, prob, self.heatmap(px, method) if method else None))
         return out
 
     def predict_bytes(self, data: bytes, name: str = "upload", method: str | None = None) -> Prediction:
         """Score an uploaded file (PNG, JPEG, DICOM...). Decoding goes through the same reader."""
-        suffix = Path(name).suffix.lower() if Path(name).suffix else ""
-        with tempfile.NamedTemporaryFile(suffix=suffix) as f:
-            f.write(data)
-            f.flush()
-            pixels = self.pixels(f.name)
-        return self._result(name, self.probabilities(pixels[None])[0], self.heatmap(pixels, method) if method else None)
+        pixels = self.decode(data, name)
+        return self.result(name, self.probabilities(pixels[None])[0], self.heatmap(pixels, method) if method else None)
 
 
 def heatmap_png(cam: np.ndarray) -> bytes:

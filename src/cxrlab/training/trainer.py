@@ -111,7 +111,8 @@ def predict_scores(model: nn.Module, loader, device: torch.device,
     ys, logits = [], []
     for x, y in loader:
         with autocast(device, precision):
-            out = model(x.to(device, memory_format=torch.channels_last)).float().squeeze(1)
+            x = x.to(device, memory_format=torch.channels_last) if x.dim() == 4 else x.to(device)
+            out = model(x).float().reshape(-1)
         logits.append(out.cpu())
         ys.append(y)
     y, z = torch.cat(ys), torch.cat(logits)
@@ -165,8 +166,10 @@ class _Loop:
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=pw)
         self.scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.device, cfg.precision) else None
         self.collate = make_collate(cfg.data.normalization, self.spec.in_chans)
+        # its own generator: iterating a DataLoader draws a seed, and validation must not shift the
+        # global RNG (dropout masks), whether or not its features are cached
         self.val_loader = DataLoader(data.dataset("val"), batch_size=max(64, cfg.batch_size),
-                                     collate_fn=self.collate, num_workers=cfg.workers)
+                                     collate_fn=self.collate, num_workers=cfg.workers, generator=torch.Generator())
         self.state = State()
         self.stopped_early = False
         self.writer = None
@@ -192,13 +195,14 @@ class _Loop:
         if self.ctx.active and self.params:
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.cached = None
+        self.cached = self.cached_val = None
         if self.frozen and self.cfg.cache_features and not self.cfg.data.augment.enabled:
             # its own generator: iterating a DataLoader draws a seed, which must not shift the
             # global RNG (dropout masks) relative to a run that recomputes the features
             train_loader = DataLoader(self.data.dataset("train"), batch_size=64, collate_fn=self.collate,
                                       num_workers=self.cfg.workers, generator=torch.Generator())
             self.cached = extract_features(self.model, train_loader, self.device, self.cfg.precision)
+            self.cached_val = extract_features(self.model, self.val_loader, self.device, self.cfg.precision)
 
     def _train_batches(self, epoch: int):
         """Batches of (input, label, forward) for this epoch, in an order fixed by seed and epoch."""
@@ -257,7 +261,11 @@ class _Loop:
             n += len(y)
             correct += int(((logits.detach() > 0) == (y > 0.5)).sum())
         total, n, correct = self.ctx.sum(total, n, correct)
-        vy, vs, vloss = predict_scores(self.model, self.val_loader, self.device, self.cfg.precision)
+        if self.cached_val is not None:  # frozen backbone: the head scores the stored val features
+            val = DataLoader(self.cached_val, batch_size=256, generator=torch.Generator())
+            vy, vs, vloss = predict_scores(self.model.head, val, self.device, self.cfg.precision)
+        else:
+            vy, vs, vloss = predict_scores(self.model, self.val_loader, self.device, self.cfg.precision)
         vm = epoch_metrics(vy, vs)
         return {"epoch": epoch, "phase": self.state.phase + 1, "train_loss": total / n, "train_acc": correct / n,
                 "val_loss": vloss, "val_acc": vm["acc"], "val_auc": vm["auc"],
