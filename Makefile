@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+BENCH_VENV ?= .venv-bench
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup bench-env clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,5 +20,15 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
+# The Keras reference of benchmarks/speed.py: TensorFlow and the [bench] extra's packages in their own
+# environment (cxrlab itself is not installed there; the reference imports nothing from it).
+$(BENCH_VENV)/bin/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q $$($(PYTHON) -c "import tomllib; print(' '.join(\
+		tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))")
+	touch $@
+
+bench-env: $(BENCH_VENV)/bin/.installed
+
 clean:
-	rm -rf $(VENV) cxrlab-demo
+	rm -rf $(VENV) $(BENCH_VENV) cxrlab-demo

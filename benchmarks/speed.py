@@ -1,39 +1,56 @@
-"""Training and inference speed of seed-cnn (256 x 256 x 1) in cxrlab, lever by lever.
+"""cxrlab against the seed lesson's own Keras pipeline, side by side on this machine (issue 6).
 
-Rows: steady-state training throughput (batch 16, Adam, BCE), inference throughput (batch 64) and
-single-image latency (p50, p99), for fp32 NCHW (a plain port), channels_last, bf16 autocast, and
-both. cxrlab uses channels_last always and bf16 where the CPU has native bf16.
-The Keras reference side of issue 6 (benchmarks/reference/seed_keras.py) is not written yet.
-Run: python benchmarks/speed.py [--repeats 3]
+Both sides run back to back, several repetitions each; the table gives medians and cxrlab / reference.
+The reference is benchmarks/reference/seed_keras.py in its own virtual environment with TensorFlow
+(`make bench-env` creates .venv-bench). Rows:
+  1. training throughput, seed-cnn 256x256x1, batch 16, random data (steady state)
+  2. inference throughput at batch 64; single-image latency p50 / p99
+  3. the lesson's whole workflow on NIH Effusion vs No Finding: read images from disk, preprocess,
+     train 10 epochs (best val loss), predict the test split; wall seconds and test AUC (same split)
+  4. frozen-backbone transfer: resnet18 at 224 px, backbone frozen, 10 epochs, cxrlab with and without
+     feature caching (without is what the seeds do: the frozen network runs every epoch)
+  5. data: cold and warm load of the NIH subset (the reference reads with PIL every run)
+  6. memory: peak RSS of the workflow on the NIH subset, and of one training epoch on a synthetic
+     50,000-image set at 256 px (HDF5 source, image cache on disk)
+Also `--levers`: cxrlab's own speed levers one by one (fp32 NCHW, channels_last, bf16, both).
+Run: python benchmarks/speed.py [--repeats 3] [--rows train,infer,workflow,frozen,data,memory]
+     [--reference-python .venv-bench/bin/python] [--smoke] [--levers]
+--smoke: one tiny repetition of every row on synthetic data (what CI runs to keep this script working).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from cxrlab.models import ModelSpec, create_model
-from cxrlab.training.device import cpu_has_native_bf16
+from cxrlab.training.device import autocast, cpu_has_native_bf16, training_memory_format
 
-LEVERS = {"fp32 NCHW (plain port)": (False, False), "channels_last": (True, False),
-          "bf16 autocast": (False, True), "channels_last + bf16 (cxrlab)": (True, True)}
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "benchmarks" / "reference" / "seed_keras.py"
+NIH = ROOT.parent / "shared" / "data" / "nih-cxr14-subset"
+CPU = torch.device("cpu")
+ALL_ROWS = "train,infer,workflow,frozen,data,memory"
 
 
-def _ctx(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
-def train_throughput(channels_last: bool, bf16: bool, steps: int = 20, batch: int = 16) -> float:
+# -- cxrlab side: the code paths `cxrlab train` and `cxrlab predict` use ------------------------------
+def train_throughput(steps: int, batch: int = 16, model_name: str = "seed-cnn") -> float:
     torch.manual_seed(0)
-    model = create_model(ModelSpec("seed-cnn"))
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = create_model(ModelSpec(model_name))
+    fmt = training_memory_format(model, CPU)
     model = model.to(memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     x = torch.randn(batch, 1, 256, 256).contiguous(memory_format=fmt)
@@ -41,7 +58,7 @@ def train_throughput(channels_last: bool, bf16: bool, steps: int = 20, batch: in
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with _ctx(bf16):
+        with autocast(CPU):
             out = model(x).float().reshape(-1)
         torch.nn.functional.binary_cross_entropy_with_logits(out, y).backward()
         opt.step()
@@ -55,44 +72,271 @@ def train_throughput(channels_last: bool, bf16: bool, steps: int = 20, batch: in
 
 
 @torch.no_grad()
-def inference(channels_last: bool, bf16: bool, batches: int = 10, batch: int = 64, singles: int = 100):
-    model = create_model(ModelSpec("seed-cnn")).eval()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    x = torch.randn(batch, 1, 256, 256).contiguous(memory_format=fmt)
-    one = torch.randn(1, 1, 256, 256).contiguous(memory_format=fmt)
-    with _ctx(bf16):
-        for _ in range(2):
-            model(x)
+def inference(batches: int, singles: int, batch: int = 64) -> dict:
+    model = create_model(ModelSpec("seed-cnn")).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 1, 256, 256).contiguous(memory_format=torch.channels_last)
+    one = x[:1].contiguous(memory_format=torch.channels_last)
+    with autocast(CPU):
+        model(x)
+        for _ in range(3):
+            model(one)  # oneDNN builds its kernels for each new shape once
         t = time.perf_counter()
         for _ in range(batches):
-            model(x)
-        throughput = batch * batches / (time.perf_counter() - t)
+            model(x).float().numpy()
+        rate = batch * batches / (time.perf_counter() - t)
         lat = []
         for _ in range(singles):
             t = time.perf_counter()
-            model(one)
+            model(one).float().numpy()
             lat.append((time.perf_counter() - t) * 1000)
     lat.sort()
-    return throughput, lat[len(lat) // 2], lat[int(len(lat) * 0.99) - 1]
+    return {"infer_img_s": rate, "latency_p50_ms": lat[len(lat) // 2],
+            "latency_p99_ms": lat[max(0, int(len(lat) * 0.99) - 1)]}
+
+
+def lesson_config(source: str, positive: str, negative: list[str] | None, cache: str, epochs: int = 10, **kw):
+    """The lesson's recipe as a cxrlab config; cxrlab's speed levers (bf16 where native, channels_last,
+    the image cache) stay on, as they are in `cxrlab train --model seed-cnn`."""
+    from cxrlab.config import AugmentConfig, DataConfig, TrainConfig
+
+    data = kw.pop("data", {})
+    return TrainConfig(source=source, positive=positive, negative=negative, model="seed-cnn", epochs=epochs,
+                       batch_size=16, class_weights=False, monitor="val_loss", early_stopping=0,
+                       max_train_images=0, **kw,
+                       data=DataConfig(image_size=data.get("image_size", 256), cache_dir=cache,
+                                       normalization=data.get("normalization", "standardize"),
+                                       augment=AugmentConfig(enabled=False)))
+
+
+def workflow(source: str, positive: str, negative: list[str] | None, workdir: Path, epochs: int) -> dict:
+    """Cold cache to test predictions, as the reference does it: wall seconds and test AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    from cxrlab.evaluation import predict_split
+    from cxrlab.training import train
+
+    t0 = time.perf_counter()
+    run = train(lesson_config(source, positive, negative, str(workdir / "cache"), epochs), workdir / "run",
+                overwrite=True)
+    test = predict_split(run.dir.path, "test")
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "train_s": run.info["train_seconds"], "test_auc": roc_auc_score(test["y"], test["score"]),
+            "split": str(run.dir.split)}
+
+
+def frozen_transfer(source: str, positive: str, negative, workdir: Path, epochs: int, cached: bool) -> float:
+    from cxrlab.training import train
+
+    cfg = lesson_config(source, positive, negative, str(workdir / "cache"), epochs, trainable_blocks=0,
+                        cache_features=cached, data={"image_size": 224})
+    cfg.model = "resnet18"
+    t = time.perf_counter()
+    run = train(cfg, workdir / f"frozen-{cached}", overwrite=True)
+    assert run.info["features_cached"] == cached
+    return time.perf_counter() - t
+
+
+def data_load(source: str, positive: str, negative, workdir: Path) -> dict:
+    from cxrlab.config import DataConfig
+    from cxrlab.data import load_data
+
+    cache = tempfile.mkdtemp(dir=workdir)
+    t = time.perf_counter()
+    load_data(source, positive, negative, config=DataConfig(cache_dir=cache))
+    cold = time.perf_counter() - t
+    t = time.perf_counter()
+    again = load_data(source, positive, negative, config=DataConfig(cache_dir=cache))
+    np.asarray(again.images).sum()  # touch every pixel once, as training would
+    return {"cold_s": cold, "warm_s": time.perf_counter() - t, "n": len(again.frame)}
+
+
+# -- memory: each measurement in a fresh process, so peaks do not carry over -------------------------
+def synthetic_h5(path: Path, n: int, size: int = 256) -> Path:
+    import h5py
+
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as h5:
+        images = h5.create_dataset("image", (n, size, size), np.uint8, chunks=(1, size, size))
+        for start in range(0, n, 1000):
+            stop = min(n, start + 1000)
+            images[start:stop] = rng.integers(0, 256, (stop - start, size, size), dtype=np.uint8)
+        h5.create_dataset("label", data=(np.arange(n) % 4 == 0).astype(np.uint8))
+    return path
+
+
+def memory_probe(args) -> int:
+    """Child process: one training run, then its own and its decode workers' peak RSS (MB)."""
+    from cxrlab.training import train
+
+    workdir = Path(args.workdir)
+    cfg = lesson_config(args.probe_source, args.probe_positive, args.probe_negative or None,
+                        str(workdir / "cache"), args.probe_epochs)
+    run = train(cfg, workdir / "mem-run", overwrite=True)
+    print(json.dumps({"images": int(sum(c["images"] for c in run.info["counts"].values())),
+                      "train_images": run.info["counts"]["train"]["images"],
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+    return 0
+
+
+def memory(source: str, positive: str, negative: list[str], workdir: Path, epochs: int) -> dict:
+    cmd = [sys.executable, __file__, "--probe-source", source, "--probe-positive", positive,
+           "--probe-epochs", str(epochs), "--workdir", str(workdir)]
+    for neg in negative:
+        cmd += ["--probe-negative", neg]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# -- reference side ---------------------------------------------------------------------------------
+def reference(python: str, *args: str) -> dict:
+    out = subprocess.run([python, str(REFERENCE), *args], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"the Keras reference failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- report -----------------------------------------------------------------------------------------
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def row(name: str, ours: float, ref: float | None, unit: str, higher_is_better: bool, target: str = "") -> None:
+    if ref is None:
+        print(f"| {name} | {ours:,.1f} {unit} | - | - | {target} |", flush=True)
+        return
+    ratio = ours / ref if higher_is_better else ref / ours
+    print(f"| {name} | {ours:,.1f} {unit} | {ref:,.1f} {unit} | {ratio:.2f}x | {target} |", flush=True)
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                    if line.startswith("model name")), cpu)
+    return (f"{cpu}, {os.cpu_count()} cores, python {platform.python_version()}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()})")
+
+
+def levers(repeats: int) -> None:
+    """cxrlab's levers one at a time on seed-cnn (the reference is not involved)."""
+    combos = {"fp32 NCHW (plain port)": (torch.contiguous_format, False), "channels_last": (torch.channels_last, False),
+              "bf16 autocast": (torch.contiguous_format, True), "channels_last + bf16": (torch.channels_last, True)}
+    print("| lever | train img/s (batch 16) |\n|---|---|")
+    for name, (fmt, bf16) in combos.items():
+        rates = []
+        for _ in range(repeats):
+            torch.manual_seed(0)
+            model = create_model(ModelSpec("seed-cnn")).to(memory_format=fmt)
+            opt = torch.optim.Adam(model.parameters(), 1e-3)
+            x, y = torch.randn(16, 1, 256, 256).contiguous(memory_format=fmt), torch.randint(0, 2, (16,)).float()
+            ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+            t = None
+            for i in range(23):
+                if i == 3:
+                    t = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                with ctx():
+                    out = model(x).float().reshape(-1)
+                torch.nn.functional.binary_cross_entropy_with_logits(out, y).backward()
+                opt.step()
+            rates.append(16 * 20 / (time.perf_counter() - t))
+        print(f"| {name} | {median(rates):.0f} |", flush=True)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rows", default=ALL_ROWS)
+    ap.add_argument("--reference-python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
+    ap.add_argument("--no-reference", action="store_true", help="cxrlab side only")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--levers", action="store_true")
+    ap.add_argument("--synthetic-images", type=int, default=50_000)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--probe-source", help=argparse.SUPPRESS)
+    ap.add_argument("--probe-positive", help=argparse.SUPPRESS)
+    ap.add_argument("--probe-negative", action="append", default=[], help=argparse.SUPPRESS)
+    ap.add_argument("--probe-epochs", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.machine()) if os.path.exists("/proc/cpuinfo") else platform.machine()
-    print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"native bf16: {cpu_has_native_bf16()}")
-    print(f"medians of {args.repeats} repetitions\n")
-    print("| lever | train img/s (batch 16) | inference img/s (batch 64) | latency p50 ms | latency p99 ms |")
-    print("|---|---|---|---|---|")
-    for name, (cl, bf) in LEVERS.items():
-        tr = statistics.median(train_throughput(cl, bf) for _ in range(args.repeats))
-        runs = [inference(cl, bf) for _ in range(args.repeats)]
-        inf, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
-        print(f"| {name} | {tr:.0f} | {inf:.0f} | {p50:.1f} | {p99:.1f} |", flush=True)
+    if args.probe_source:
+        return memory_probe(args)
+    if args.levers:
+        levers(args.repeats)
+        return 0
+    rows = args.rows.split(",")
+    ref_python = None if args.no_reference else args.reference_python
+    if ref_python and not Path(ref_python).exists():
+        print(f"no reference environment at {ref_python}: run `make bench-env` (TensorFlow, the [bench] extra), "
+              "or pass --no-reference", file=sys.stderr)
+        return 1
+    repeats = 1 if args.smoke else args.repeats
+    steps, batches, singles, epochs = (2, 1, 5, 1) if args.smoke else (20, 10, 100, 10)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        if args.smoke or not NIH.exists():
+            from cxrlab.demo import make_demo_data
+
+            print(f"{'smoke run' if args.smoke else 'no ' + str(NIH)}: synthetic demo data stands in for NIH")
+            source, positive, negative = str(make_demo_data(work / "demo", n_patients=40, size=128)), "effusion", None
+        else:
+            source, positive, negative = str(NIH), "Effusion", ["No Finding"]
+        print(f"machine: {machine()}")
+        if ref_python:
+            print(f"reference: {reference(ref_python, 'versions')['versions']}")
+        print(f"medians of {repeats} repetition(s)\n")
+        print("| row | cxrlab | Keras reference | cxrlab / reference | target |\n|---|---|---|---|---|")
+        if "train" in rows:
+            ours = median(train_throughput(steps) for _ in range(repeats))
+            ref = median(reference(ref_python, "train-throughput", "--steps", str(steps))["train_img_s"]
+                         for _ in range(repeats)) if ref_python else None
+            row("1. training, seed-cnn batch 16", ours, ref, "img/s", True, ">= 2x")
+        if "infer" in rows:
+            ours = [inference(batches, singles) for _ in range(repeats)]
+            refs = [reference(ref_python, "inference", "--batches", str(batches), "--singles", str(singles))
+                    for _ in range(repeats)] if ref_python else None
+            for key, label, unit, up, target in (("infer_img_s", "2. inference, batch 64", "img/s", True, ">= 2x"),
+                                                 ("latency_p50_ms", "2. latency p50, 1 image", "ms", False, ""),
+                                                 ("latency_p99_ms", "2. latency p99, 1 image", "ms", False, "")):
+                row(label, median(o[key] for o in ours), median(r[key] for r in refs) if refs else None,
+                    unit, up, target)
+        if "workflow" in rows:
+            ours = [workflow(source, positive, negative, work / f"wf{i}", epochs) for i in range(repeats)]
+            refs = [reference(ref_python, "workflow", "--split", ours[0]["split"], "--epochs", str(epochs),
+                              "--workdir", str(work)) for _ in range(repeats)] if ref_python else None
+            (work / "split.csv").write_bytes(Path(ours[0]["split"]).read_bytes())
+            row("3. workflow: disk to test predictions", median(o["wall_s"] for o in ours),
+                median(r["wall_s"] for r in refs) if refs else None, "s", False, ">= 1.5x")
+            row("3. workflow: test AUC (same split)", median(o["test_auc"] for o in ours),
+                median(r["test_auc"] for r in refs) if refs else None, "", True, "no worse")
+        if "frozen" in rows:
+            recompute = median(frozen_transfer(source, positive, negative, work, epochs, False) for _ in range(repeats))
+            cached = median(frozen_transfer(source, positive, negative, work, epochs, True) for _ in range(repeats))
+            print(f"| 4. frozen resnet18 224 px, {epochs} epochs: cached / recomputed (the seeds' way) | "
+                  f"{cached:.1f} s | {recompute:.1f} s | {recompute / cached:.2f}x | >= 5x |", flush=True)
+        if "data" in rows:
+            ours = [data_load(source, positive, negative, work) for _ in range(repeats)]
+            split = work / "split.csv"
+            if ref_python and not split.exists():
+                workflow(source, positive, negative, work / "wf-split", 1)  # only for its split.csv
+                split = work / "wf-split" / "run" / "split.csv"
+            refs = [reference(ref_python, "load", "--split", str(split)) for _ in range(repeats)] if ref_python else None
+            ref_load = median(r["load_s"] for r in refs) if refs else None
+            n = ours[0]["n"]
+            row(f"5. cold load, {n} images", median(o["cold_s"] for o in ours), ref_load, "s", False)
+            row(f"5. warm load, {n} images (the reference reads them again)", median(o["warm_s"] for o in ours),
+                ref_load, "s", False)
+        if "memory" in rows:
+            nih = memory(source, positive, negative or [], work / "mem-nih", epochs)
+            n_syn = 300 if args.smoke else args.synthetic_images
+            h5 = synthetic_h5(work / "synthetic.h5", n_syn)
+            syn = memory(str(h5), "positive", ["negative"], work / "mem-syn", 1)
+            (work / "synthetic.h5").unlink()
+            print(f"| 6. peak RSS, workflow on {nih['images']} images | {nih['peak_rss_mb']:,.0f} MB "
+                  f"(decode workers {nih['worker_peak_rss_mb']:,.0f}) | | | < 2,000 MB |")
+            print(f"| 6. peak RSS, 1 epoch on {syn['images']:,} synthetic images ({syn['train_images']:,} trained) | "
+                  f"{syn['peak_rss_mb']:,.0f} MB (decode workers {syn['worker_peak_rss_mb']:,.0f}) | | "
+                  f"{syn['peak_rss_mb'] / nih['peak_rss_mb']:.2f}x the small set | about 1x |", flush=True)
     return 0
 
 

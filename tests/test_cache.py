@@ -68,3 +68,25 @@ def test_bad_images_are_recorded_not_raised(tmp_path, refs):
 def test_no_temporary_files_left(tmp_path, refs):
     ImageCache(tmp_path / "c", workers=2).load(refs, 32)
     assert sorted(p.suffix for p in (tmp_path / "c").iterdir()) == [".json", ".npy"]
+
+
+def test_dataset_reads_cache_rows_without_mapping_them(tmp_path):
+    import pickle
+
+    from cxrlab.data.dataset import CachedRows, XrayDataset
+
+    path = tmp_path / "rows.npy"
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(6, 16, 16))
+    arr[:] = np.random.default_rng(0).integers(0, 256, (6, 16, 16))
+    arr.flush()
+    mm = np.load(path, mmap_mode="r")
+    ds = XrayDataset(mm, np.arange(6, dtype=np.float32), np.arange(6))
+    assert isinstance(ds.images, CachedRows)
+    for i in range(6):
+        img, y = ds[i]
+        assert np.array_equal(img[0].numpy(), mm[i]) and float(y) == i
+    assert np.array_equal(pickle.loads(pickle.dumps(ds.images))[5], mm[5])  # DataLoader workers
+    with open(path, "r+b") as f:  # a cache cut short is named, not read as zeros
+        f.truncate(path.stat().st_size - 100)
+    with pytest.raises(OSError, match="short read"):
+        CachedRows(mm)[5]

@@ -10,6 +10,7 @@ Modes (each prints one JSON line):
   train-throughput  steady-state training images/s on random data
   inference         batch-64 images/s and single-image latency p50/p99 (ms)
   workflow          the whole lesson on a split CSV (path, y, split): wall seconds per stage, test AUC
+  load              only the lesson's image loading for that split CSV: wall seconds
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def workflow(split_csv: str, epochs: int, batch: int, workdir: str) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["train-throughput", "inference", "workflow", "versions"])
+    ap.add_argument("mode", choices=["train-throughput", "inference", "workflow", "load", "versions"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=10)
@@ -128,6 +129,12 @@ def main() -> int:
         result = train_throughput(args.steps, args.batch)
     elif args.mode == "inference":
         result = inference(args.batches, 64, args.singles)
+    elif args.mode == "load":
+        import pandas as pd
+
+        t = time.perf_counter()
+        n = len(load_images(pd.read_csv(args.split)["path"].tolist()))
+        result = {"load_s": time.perf_counter() - t, "n": n}
     elif args.mode == "workflow":
         result = workflow(args.split, args.epochs, args.batch, args.workdir)
     else:

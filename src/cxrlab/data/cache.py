@@ -59,18 +59,22 @@ class CachedImages:
 
 
 def _decode_rows(npy_path: str, refs: list[str], rows: list[int], size: int) -> list[tuple]:
-    """Worker: decode `rows` straight into the shared .npy (no pixel copies between processes)."""
-    out = np.load(npy_path, mmap_mode="r+")
+    """Worker: decode `rows` straight into the shared .npy (no pixel copies between processes),
+    written with pwrite: a memory map would keep every written page in the worker's resident set."""
+    offset = np.load(npy_path, mmap_mode="r").offset
     results = []
-    for row, ref in zip(rows, refs):
-        try:
-            arr, info = read_image(ref, size)
-            out[row] = arr
-            results.append((row, info.width, info.height, info.mode, info.sha1, ""))
-        except ImageReadError as exc:
-            out[row] = 0
-            results.append((row, 0, 0, "", "", exc.reason))
-    out.flush()
+    fd = os.open(npy_path, os.O_WRONLY)
+    try:
+        for row, ref in zip(rows, refs):
+            try:
+                arr, info = read_image(ref, size)
+                results.append((row, info.width, info.height, info.mode, info.sha1, ""))
+            except ImageReadError as exc:
+                arr = np.zeros((size, size), np.uint8)
+                results.append((row, 0, 0, "", "", exc.reason))
+            os.pwrite(fd, arr.tobytes(), offset + row * size * size)
+    finally:
+        os.close(fd)
     return results
 
 

@@ -1,0 +1,29 @@
+"""The speed benchmark's smoke run (one tiny repetition on synthetic data): keeps benchmarks/speed.py and
+its Keras reference working. Timings are printed by the benchmark, never asserted here."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+
+
+def test_speed_benchmark_smoke_runs_both_sides(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--smoke", "--workdir", str(tmp_path)]
+    with_reference = REFERENCE_PYTHON.exists()  # `make bench-env` (CI makes it); else cxrlab's side only
+    if not with_reference:
+        cmd.append("--no-reference")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in out.stdout.splitlines() if re.match(r"\| \d\. ", line)}
+    for label in ("1. training", "2. inference", "3. workflow: disk", "3. workflow: test AUC", "4. frozen",
+                  "5. cold load", "6. peak RSS, workflow", "6. peak RSS, 1 epoch"):
+        assert any(name.startswith(label) for name in rows), (label, out.stdout)
+    train = next(cells for name, cells in rows.items() if name.startswith("1. training"))
+    assert float(train[0].split()[0].replace(",", "")) > 0
+    if with_reference:  # both sides measured: a ratio in every comparison row
+        assert float(train[1].split()[0].replace(",", "")) > 0 and re.fullmatch(r"[\d.]+x", train[2])
+        assert "tensorflow" in out.stdout
