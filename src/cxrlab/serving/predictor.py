@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,10 @@ import torch
 
 from ..data.images import decode_image, read_image
 from ..data.preprocess import normalize
+from ..errors import CxrlabError
 from ..runs import RunDir
+
+log = logging.getLogger("cxrlab.serve")
 
 
 @dataclass
@@ -29,9 +34,10 @@ class Prediction:
 
 class Predictor:
     """Loads once, predicts many times. Without a stored threshold (run not evaluated yet) the
-    threshold is 0.5 and the policy says so."""
+    threshold is 0.5 and the policy says so. backend: "torch", or "onnxruntime" (CPU only; "auto"
+    uses it when installed and falls back to torch when the model does not export)."""
 
-    def __init__(self, run_dir: str | Path, device: str = "auto"):
+    def __init__(self, run_dir: str | Path, device: str = "auto", backend: str = "torch"):
         from ..evaluation.predict import load_run_model
         from ..training.trainer import model_spec
 
@@ -53,6 +59,26 @@ class Predictor:
                      "intended_use": "Teaching and research only. Not a medical device; not for diagnosis.",
                      "limitations": "Trained on a small public data set; performance on other hospitals, "
                                     "devices, ages or views is unknown."}
+        self.session = self._onnx_session(backend) if backend != "torch" and self.device.type == "cpu" else None
+        self.backend = "onnxruntime" if self.session is not None else "torch"
+
+    def _onnx_session(self, backend: str):
+        """The model in ONNX Runtime: on CPU it scores one seed-cnn image in 0.8 ms against 4.6 ms for
+        eager PyTorch (128 px; 3.3 against 5.7 ms at 256 px; BENCHMARKS.md), with the same scores
+        (tests). Heatmaps stay in PyTorch: they need gradients."""
+        try:
+            import onnxruntime as ort
+
+            from .export import onnx_bytes
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            return ort.InferenceSession(onnx_bytes(self.model, self.spec), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            if backend == "onnxruntime":
+                raise CxrlabError(f"{self.run.path}: cannot run the model in ONNX Runtime ({exc})") from None
+            log.warning("ONNX Runtime unavailable for %s (%s); scoring with PyTorch", self.run.path, exc)
+            return None
 
     def pixels(self, path: str) -> np.ndarray:
         return read_image(path, self.spec.image_size)[0]
@@ -60,8 +86,11 @@ class Predictor:
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """N x S x S uint8 -> N probabilities (temperature-scaled when the run was calibrated)."""
         batch = normalize(torch.from_numpy(np.array(pixels)).unsqueeze(1), self.spec.normalization, self.spec.in_chans)
-        with torch.no_grad():
-            logits = self.model(batch.to(self.device, memory_format=torch.channels_last)).float().reshape(-1)
+        if self.session is not None:
+            logits = torch.from_numpy(self.session.run(None, {"image": batch.numpy()})[0]).reshape(-1)
+        else:
+            with torch.no_grad():
+                logits = self.model(batch.to(self.device, memory_format=torch.channels_last)).float().reshape(-1)
         if self.temperature:
             logits = logits / self.temperature
         return torch.sigmoid(logits).cpu().numpy()
@@ -115,14 +144,23 @@ class Predictor:
         return self.result(name, self.probabilities(pixels[None])[0], self.heatmap(pixels, method) if method else None)
 
 
-def heatmap_png(cam: np.ndarray) -> bytes:
-    """An RGBA PNG of the jet-coloured map (alpha follows the map), to lay over the X-ray."""
+@lru_cache(maxsize=1)
+def _jet() -> np.ndarray:
     from matplotlib import cm
+
+    # matplotlib's own 256-entry table, one uint32 per RGBA colour: one gather per pixel
+    return (cm.jet(np.arange(256)) * 255).astype(np.uint8).view(np.uint32).reshape(256)
+
+
+def heatmap_png(cam: np.ndarray) -> bytes:
+    """An RGBA PNG of the jet-coloured map (alpha follows the map), to lay over the X-ray. Indexes
+    matplotlib's 256-entry table the way matplotlib does: the same pixels as cm.jet(cam), in 3.2
+    instead of 5.0 ms for a 256 px map."""
     from PIL import Image
 
-    rgba = (cm.jet(cam) * 255).astype(np.uint8)
-    rgba[..., 3] = (np.clip(cam, 0, 1) * 255).astype(np.uint8)
+    cam = np.clip(np.nan_to_num(cam), 0, 1)
+    rgba = _jet()[np.minimum((cam * 256).astype(np.int32), 255)].view(np.uint8).reshape(*cam.shape, 4)
+    rgba[..., 3] = (cam * 255).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
-
