@@ -1,6 +1,7 @@
 """cxrlab against the seed lesson's own Keras pipeline, side by side on this machine (issue 6).
 
-Both sides run back to back, several repetitions each; the table gives medians and cxrlab / reference.
+Both sides run back to back, several repetitions each; the table gives medians and how many times
+better cxrlab is (rates: cxrlab / reference; times: reference / cxrlab).
 The reference is benchmarks/reference/seed_keras.py in its own virtual environment with TensorFlow
 (`make bench-env` creates .venv-bench). Rows:
   1. training throughput, seed-cnn 256x256x1, batch 16, random data (steady state)
@@ -201,12 +202,17 @@ def median(values) -> float:
     return statistics.median(values)
 
 
+def fmt(value: float, unit: str) -> str:
+    return f"{value:,.1f} {unit}" if unit else f"{value:.3f}"
+
+
 def row(name: str, ours: float, ref: float | None, unit: str, higher_is_better: bool, target: str = "") -> None:
+    """One table row; the ratio is always 'how many times better cxrlab is' (> 1: cxrlab wins)."""
     if ref is None:
-        print(f"| {name} | {ours:,.1f} {unit} | - | - | {target} |", flush=True)
+        print(f"| {name} | {fmt(ours, unit)} | - | - | {target} |", flush=True)
         return
     ratio = ours / ref if higher_is_better else ref / ours
-    print(f"| {name} | {ours:,.1f} {unit} | {ref:,.1f} {unit} | {ratio:.2f}x | {target} |", flush=True)
+    print(f"| {name} | {fmt(ours, unit)} | {fmt(ref, unit)} | {ratio:.2f}x | {target} |", flush=True)
 
 
 def machine() -> str:
@@ -285,7 +291,8 @@ def main() -> int:
         if ref_python:
             print(f"reference: {reference(ref_python, 'versions')['versions']}")
         print(f"medians of {repeats} repetition(s)\n")
-        print("| row | cxrlab | Keras reference | cxrlab / reference | target |\n|---|---|---|---|---|")
+        print("| row | cxrlab | Keras reference | cxrlab advantage (>1: cxrlab better) | target |")
+        print("|---|---|---|---|---|")
         if "train" in rows:
             ours = median(train_throughput(steps) for _ in range(repeats))
             ref = median(reference(ref_python, "train-throughput", "--steps", str(steps))["train_img_s"]

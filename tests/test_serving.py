@@ -240,3 +240,16 @@ def test_heatmap_png_has_matplotlibs_jet_pixels():
     want = (cm.jet(cam) * 255).astype(np.uint8)
     want[..., 3] = (cam * 255).astype(np.uint8)
     assert got.shape == (64, 80, 4) and np.array_equal(got, want)
+
+
+def test_onnxruntime_backend_scores_like_torch(run_dir):
+    import pandas as pd
+
+    from cxrlab.serving import Predictor
+
+    split = pd.read_csv(run_dir / "split.csv")
+    torch_pred = Predictor(run_dir, device="cpu")
+    ort_pred = Predictor(run_dir, device="cpu", backend="onnxruntime")
+    assert torch_pred.backend == "torch" and ort_pred.backend == "onnxruntime"
+    pixels = np.stack([torch_pred.pixels(p) for p in split["path"].iloc[:6]])
+    assert np.abs(ort_pred.probabilities(pixels) - torch_pred.probabilities(pixels)).max() < 1e-5

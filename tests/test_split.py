@@ -81,3 +81,23 @@ def test_split_file_missing_image(tmp_path):
     save_split(f.iloc[1:], tmp_path / "split.csv")
     with pytest.raises(DataError, match="not in the split file"):
         load_split(tmp_path / "split.csv", f)
+
+
+def test_split_of_many_patients_is_stratified_seeded_and_leak_free():
+    """Past MANY_PATIENTS the split draws whole patients per stratum (StratifiedGroupKFold took
+    minutes for 50,000 patients; the time is in BENCHMARKS.md, not asserted here)."""
+    from cxrlab.data.split import MANY_PATIENTS, make_split
+
+    n = 60_000
+    rng = np.random.default_rng(0)
+    patient = rng.integers(0, 2 * MANY_PATIENTS + 20_000, n)  # ~28,000 patients, 1-6 images each
+    y = (rng.random(n) < 0.2).astype(int)
+    frame = pd.DataFrame({"path": [f"{i}.png" for i in range(n)], "patient": patient, "y": y, "split": ""})
+    split, _ = make_split(frame, 0.15, 0.15, seed=3)
+    counts = split.value_counts(normalize=True)
+    assert abs(counts["test"] - 0.15) < 0.01 and abs(counts["val"] - 0.15) < 0.01
+    for part in ("train", "val", "test"):  # stratified: the positive rate is the same in each part
+        assert abs(y[(split == part).to_numpy()].mean() - y.mean()) < 0.02
+    assert frame.assign(s=split).groupby("patient")["s"].nunique().max() == 1
+    again, _ = make_split(frame, 0.15, 0.15, seed=3)
+    assert again.equals(split)  # seeded

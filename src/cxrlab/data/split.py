@@ -15,12 +15,19 @@ SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ["path", "patient", "y", "split"]
 
 
+# StratifiedGroupKFold assigns patients greedily in Python, O(patients x folds): 50,000 patients take
+# minutes. Above this many, the strata are large enough for a seeded draw of whole patients per stratum.
+MANY_PATIENTS = 5_000
+
+
 def _grouped_holdout(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of a held-out part of about `fraction`, whole patients only, stratified.
     StratifiedGroupKFold cuts many small balanced folds; we take folds until the target size."""
     if fraction <= 0:
         return np.zeros(len(y), bool)
     n_groups = len(np.unique(groups))
+    if n_groups > MANY_PATIENTS:
+        return _grouped_holdout_many(y, groups, fraction, seed)
     n_folds = int(min(40, n_groups, np.bincount(y).max(), max(2, round(1 / fraction * 4))))
     if n_groups < 2:
         raise DataError("cannot split: all images belong to one patient")
@@ -37,6 +44,21 @@ def _grouped_holdout(y: np.ndarray, groups: np.ndarray, fraction: float, seed: i
     if not mask.any():  # tiny data: at least one fold
         mask[folds[0]] = True
     return mask
+
+
+def _grouped_holdout_many(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The same hold-out for many patients in O(images): patients with any positive image and the
+    others are two strata; each is shuffled (seeded) and whole patients are taken until the stratum's
+    share of images reaches `fraction`."""
+    per = pd.DataFrame({"g": groups, "y": y}).groupby("g", sort=True)["y"].agg(["max", "size"])
+    rng = np.random.default_rng(seed)
+    held = []
+    for _, stratum in per.groupby("max"):
+        order = rng.permutation(len(stratum))
+        sizes = stratum["size"].to_numpy()[order]
+        take = int(np.searchsorted(np.cumsum(sizes), fraction * sizes.sum(), side="right"))
+        held.append(stratum.index.to_numpy()[order][:max(take, 1)])
+    return pd.Series(groups).isin(np.concatenate(held)).to_numpy()  # hashed; np.isin on strings is quadratic
 
 
 def make_split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int,
