@@ -253,3 +253,17 @@ def test_onnxruntime_backend_scores_like_torch(run_dir):
     assert torch_pred.backend == "torch" and ort_pred.backend == "onnxruntime"
     pixels = np.stack([torch_pred.pixels(p) for p in split["path"].iloc[:6]])
     assert np.abs(ort_pred.probabilities(pixels) - torch_pred.probabilities(pixels)).max() < 1e-5
+
+
+def test_predict_paths_heatmaps_equal_one_image_at_a_time(run_dir):
+    import pandas as pd
+
+    from cxrlab.serving import Predictor
+
+    pred = Predictor(run_dir, device="cpu")
+    paths = pd.read_csv(run_dir / "split.csv")["path"].iloc[:3].tolist()
+    results = pred.predict_paths(paths, method="gradcam")
+    for path, r in zip(paths, results):
+        assert r.heatmap.shape == (96, 96)
+        assert np.allclose(r.heatmap, pred.heatmap(pred.pixels(path), "gradcam"), atol=1e-4)
+    assert all(r.heatmap is None for r in pred.predict_paths(paths))

@@ -20,6 +20,7 @@ class MicroBatcher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="cxrlab-model")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None  # held so the serving loop is not garbage-collected
 
     async def submit(self, item: Any) -> Any:
         loop = asyncio.get_running_loop()

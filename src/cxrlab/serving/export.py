@@ -3,6 +3,7 @@ preprocessing and threshold beside the model so nothing has to be guessed."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import shutil
@@ -18,8 +19,6 @@ STANDALONE = Path(__file__).with_name("onnx_predict.py")
 
 def onnx_bytes(model: torch.nn.Module, spec) -> bytes:
     """The model as ONNX (input "image" N x C x S x S, output "logit"), batch size free."""
-    import copy
-
     model = copy.deepcopy(model).float().eval().to("cpu", memory_format=torch.contiguous_format)
     buf = io.BytesIO()
     torch.onnx.export(model, (torch.randn(2, spec.in_chans, spec.image_size, spec.image_size),), buf,

@@ -134,8 +134,9 @@ class Predictor:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             pixels = np.stack([self.pixels(p) for p in chunk])
-            for p, prob, px in zip(chunk, self.probabilities(pixels), pixels):
-                out.append(self.result(p, prob, self.heatmap(px, method) if method else None))
+            maps = self.heatmaps(pixels, method) if method else [None] * len(chunk)
+            for p, prob, cam in zip(chunk, self.probabilities(pixels), maps):
+                out.append(self.result(p, prob, cam))
         return out
 
     def predict_bytes(self, data: bytes, name: str = "upload", method: str | None = None) -> Prediction:
