@@ -34,7 +34,7 @@ TASKS = {
 # loss, no augmentation, no class weights.
 SEED_RECIPE = dict(model="seed-cnn", epochs=10, batch_size=16, lr=1e-3, class_weights=False, monitor="val_loss",
                    early_stopping=0, augment=False, image_size=256, normalization="standardize", precision="fp32",
-                   max_train_images=0)
+                   max_train_images=0, ema_decay=0.0)
 # (b) cxrlab's default: the TrainConfig defaults (what `cxrlab train` does with no options).
 DEFAULT_RECIPE: dict = {}
 RECIPES = {"seed": SEED_RECIPE, "default": DEFAULT_RECIPE}

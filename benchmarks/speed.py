@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrlab.allocator import keep_freed_memory
 from cxrlab.models import ModelSpec, create_model
 from cxrlab.training.device import autocast, cpu_has_native_bf16, training_memory_format
 
@@ -103,7 +104,7 @@ def lesson_config(source: str, positive: str, negative: list[str] | None, cache:
     data = kw.pop("data", {})
     return TrainConfig(source=source, positive=positive, negative=negative, model="seed-cnn", epochs=epochs,
                        batch_size=16, class_weights=False, monitor="val_loss", early_stopping=0,
-                       max_train_images=0, **kw,
+                       max_train_images=0, ema_decay=0.0, **kw,
                        data=DataConfig(image_size=data.get("image_size", 256), cache_dir=cache,
                                        normalization=data.get("normalization", "standardize"),
                                        augment=AugmentConfig(enabled=False)))
@@ -265,6 +266,7 @@ def main() -> int:
     ap.add_argument("--probe-negative", action="append", default=[], help=argparse.SUPPRESS)
     ap.add_argument("--probe-epochs", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    keep_freed_memory()  # as cxrlab's own CPU paths do (training/device.py select_device)
     if args.probe_source:
         return memory_probe(args)
     if args.levers:

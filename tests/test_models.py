@@ -22,9 +22,62 @@ def test_seed_cnn_is_the_lessons_network():
 
 def test_seed_cnn_bn_adds_batchnorm_before_relu():
     model = create_model(ModelSpec("seed-cnn-bn"))
-    kinds = [type(m).__name__ for m in model.features][:3]
-    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU"]
+    kinds = [type(m).__name__ for m in model.features][:4]
+    assert kinds == ["Conv2d", "BatchNorm2d", "MaxPool2x2", "ReLU"]
     assert model(torch.zeros(2, 1, 256, 256)).shape == (2, 1)
+
+
+def _lesson_order(features: torch.nn.Sequential) -> torch.nn.Sequential:
+    """The same modules in the lesson's order: ReLU, then max-pool."""
+    layers = list(features)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], torch.nn.MaxPool2d) and isinstance(layers[i + 1], torch.nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    return torch.nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("name", ["seed-cnn", "seed-cnn-bn"])
+def test_pool_then_relu_is_the_lessons_relu_then_pool(name):
+    """cxrlab pools before the ReLU (faster); outputs and every gradient equal the lesson's order."""
+    torch.manual_seed(0)
+    model = create_model(ModelSpec(name, image_size=64))
+    x = torch.randn(4, 1, 64, 64)
+    grads = []
+    for features in (model.features, _lesson_order(model.features)):
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout mask for both
+        out = model.head(model.pool(features(x)))
+        out.sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (a, ga), (b, gb) = grads
+    assert torch.equal(a, b)
+    assert all(torch.allclose(u, v, atol=1e-6) for u, v in zip(ga, gb))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 8, 64, 64), (2, 5, 15, 9)])
+def test_fast_inference_max_pool_equals_atens(dtype, shape):
+    from cxrlab.models.seed_cnn import MaxPool2x2
+
+    x = torch.randn(*shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    x[0, 0, 0, 0] = float("nan")
+    with torch.no_grad():
+        fast = MaxPool2x2()(x)
+    ref = torch.nn.functional.max_pool2d(x, 2)
+    assert fast.shape == ref.shape and torch.equal(fast.nan_to_num(-9.0), ref.nan_to_num(-9.0))
+    assert torch.isnan(fast[0, 0, 0, 0])
+    assert fast.is_contiguous(memory_format=torch.channels_last)  # the next convolution stays fast
+
+
+def test_max_pool_with_gradients_is_atens():
+    from cxrlab.models.seed_cnn import MaxPool2x2
+
+    base = torch.randint(-2, 3, (2, 4, 8, 8)).float()  # ties too
+    x, y = base.clone().requires_grad_(True), base.clone().requires_grad_(True)
+    g = torch.randn(2, 4, 4, 4)
+    (MaxPool2x2()(x) * g).sum().backward()
+    (torch.nn.functional.max_pool2d(y, 2) * g).sum().backward()
+    assert torch.equal(x.grad, y.grad)
 
 
 def test_kaggle_cnn_shape():

@@ -99,8 +99,9 @@ def _final_weights(run_dir: Path) -> dict:
     return torch.load(run_dir / "last.ckpt", weights_only=True)["model"]
 
 
-def test_resume_after_interruption_matches_uninterrupted(demo_dir, tmp_path):
-    cfg = config(demo_dir, tmp_path, epochs=4)
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_after_interruption_matches_uninterrupted(demo_dir, tmp_path, ema_decay):
+    cfg = config(demo_dir, tmp_path, epochs=4, ema_decay=ema_decay)
     train(cfg, tmp_path / "full")
 
     def interrupt(row):
@@ -113,9 +114,28 @@ def test_resume_after_interruption_matches_uninterrupted(demo_dir, tmp_path):
     assert len(run.history) == 4
     full, resumed = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "cut")
     assert all(torch.allclose(full[k].float(), resumed[k].float(), atol=1e-5) for k in full)
+    best_full, best_cut = (load_file(tmp_path / d / "best.safetensors") for d in ("full", "cut"))
+    assert all(torch.allclose(best_full[k].float(), best_cut[k].float(), atol=1e-5) for k in best_full)
     a = pd.read_csv(tmp_path / "full" / "history.csv")
     b = pd.read_csv(tmp_path / "cut" / "history.csv")
     assert (a["val_loss"] - b["val_loss"]).abs().max() < 1e-5
+
+
+def test_ema_run_validates_and_keeps_the_averaged_weights(demo_dir, tmp_path):
+    """With ema_decay the best checkpoint holds the moving average, not the last step's weights."""
+    run = train(config(demo_dir, tmp_path, epochs=1, ema_decay=0.9), tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
+    best = load_file(tmp_path / "run" / "best.safetensors")
+    averaged = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    assert run.best_epoch == 1 and set(best) == set(averaged)
+    assert all(torch.equal(best[k], averaged[k].contiguous()) for k in best)
+    assert not torch.allclose(best["features.0.weight"], ckpt["model"]["features.0.weight"])
+    assert int(ckpt["ema"]["n_averaged"]) == -(-run.info["counts"]["train"]["images"] // 16)  # one per step
+
+
+def test_ema_decay_out_of_range_is_refused(demo_dir, tmp_path):
+    with pytest.raises(CxrlabError, match="ema_decay"):
+        config(demo_dir, tmp_path, ema_decay=1.0)
 
 
 def test_resume_after_kill_9(demo_dir, tmp_path):

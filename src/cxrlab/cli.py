@@ -122,6 +122,8 @@ def train(
     batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None), weight_decay: Optional[float] = typer.Option(None),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
+    ema_decay: Optional[float] = typer.Option(
+        None, help="Validate and keep an exponential moving average of the weights (per-step decay, 0: off)."),
     dropout: Optional[float] = typer.Option(None),
     class_weights: Optional[bool] = typer.Option(None, "--class-weights/--no-class-weights",
                                                  help="Weight positives by negatives/positives (default on)."),
@@ -175,7 +177,7 @@ def train(
 
 
 _TRAIN_FLAGS = {"positive", "images", "split_file", "model", "pretrained", "weights", "init_from",
-                "trainable_blocks", "epochs", "max_train_images", "batch_size", "lr", "weight_decay", "grad_clip",
+                "trainable_blocks", "epochs", "max_train_images", "batch_size", "lr", "weight_decay", "grad_clip", "ema_decay",
                 "dropout", "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "seed", "shuffle_labels",
                 "deterministic", "device", "precision", "workers", "devices", "finetune_epochs", "finetune_blocks",
                 "finetune_lr_factor", "cache_features", "image_size", "normalization", "augment",

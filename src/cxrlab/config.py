@@ -124,6 +124,10 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float | None = None
+    # weights averaged over optimizer steps (exponential moving average, per-step decay; 0 = off).
+    # Validation, the best checkpoint and evaluation use the averaged weights: on NIH's ~95-image
+    # validation splits single-epoch weights make checkpoint choice noisy (BENCHMARKS.md)
+    ema_decay: float = 0.0
     class_weights: bool = True  # pos_weight = negatives / positives of the training split
     monitor: str = "val_auc"
     early_stopping: int = 10  # patience in epochs; 0 = off
@@ -151,6 +155,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= float(self.ema_decay) < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
 

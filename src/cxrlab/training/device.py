@@ -6,15 +6,19 @@ import contextlib
 
 import torch
 
+from ..allocator import keep_freed_memory
+
 
 def select_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    """The device to compute on. On CPU this also makes malloc keep large freed buffers for reuse
+    (allocator.py): every training and inference path picks its device here."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
     if device.type == "cuda" and not torch.cuda.is_available():
         from ..errors import ConfigError
 
         raise ConfigError("device cuda was asked for, but no CUDA GPU is available; use --device auto or cpu")
+    if device.type == "cpu":
+        keep_freed_memory()
     return device
 
 

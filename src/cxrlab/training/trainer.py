@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..checkpoint import atomic_torch_save, load_checkpoint, load_state_dict, save_weights
@@ -187,9 +188,15 @@ class _Loop:
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode=mode, factor=self.cfg.lr_factor, patience=self.cfg.lr_patience,
             min_lr=self.cfg.min_lr)
+        self.ema = None
+        if self.cfg.ema_decay:  # restarted per phase, from the weights the phase starts with
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay),
+                                     use_buffers=True)
         if resume_ckpt is not None:
             self.optimizer.load_state_dict(resume_ckpt["optimizer"])
             self.scheduler.load_state_dict(resume_ckpt["scheduler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(resume_ckpt["ema"])
         self.frozen = phase.trainable_blocks == 0
         self.ddp = None
         if self.ctx.active and self.params:
@@ -203,6 +210,11 @@ class _Loop:
                                       num_workers=self.cfg.workers, generator=torch.Generator())
             self.cached = extract_features(self.model, train_loader, self.device, self.cfg.precision)
             self.cached_val = extract_features(self.model, self.val_loader, self.device, self.cfg.precision)
+
+    @property
+    def scored_model(self) -> nn.Module:
+        """The weights validation scores and the best checkpoint keeps: the average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _train_batches(self, epoch: int):
         """Batches of (input, label, forward) for this epoch, in an order fixed by seed and epoch."""
@@ -257,15 +269,17 @@ class _Loop:
                 self.scaler.update()
             else:
                 self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             total += loss.item() * len(y)
             n += len(y)
             correct += int(((logits.detach() > 0) == (y > 0.5)).sum())
         total, n, correct = self.ctx.sum(total, n, correct)
         if self.cached_val is not None:  # frozen backbone: the head scores the stored val features
             val = DataLoader(self.cached_val, batch_size=256, generator=torch.Generator())
-            vy, vs, vloss = predict_scores(self.model.head, val, self.device, self.cfg.precision)
+            vy, vs, vloss = predict_scores(self.scored_model.head, val, self.device, self.cfg.precision)
         else:
-            vy, vs, vloss = predict_scores(self.model, self.val_loader, self.device, self.cfg.precision)
+            vy, vs, vloss = predict_scores(self.scored_model, self.val_loader, self.device, self.cfg.precision)
         vm = epoch_metrics(vy, vs)
         return {"epoch": epoch, "phase": self.state.phase + 1, "train_loss": total / n, "train_acc": correct / n,
                 "val_loss": vloss, "val_acc": vm["acc"], "val_auc": vm["auc"],
@@ -287,7 +301,7 @@ class _Loop:
         self.scheduler.step(score)
         if self.ctx.main:
             if improved:
-                save_weights(self.model, self.run_dir.best_weights)
+                save_weights(self.scored_model, self.run_dir.best_weights)
             self._save_checkpoint()
             pd.DataFrame(st.history, columns=HISTORY_COLUMNS).to_csv(self.run_dir.history, index=False)
             for key in HISTORY_COLUMNS[2:]:
@@ -304,6 +318,7 @@ class _Loop:
             "format": CHECKPOINT_FORMAT, "epoch": st.epoch, "phase": st.phase, "phase_start": st.phase_start,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rng": _rng_state(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "history": torch.tensor(frame.to_numpy(dtype=np.float64)), "history_columns": list(frame.columns),
             "best": st.best, "best_epoch": st.best_epoch, "bad_epochs": st.bad_epochs,
         }, self.run_dir.last_checkpoint)
