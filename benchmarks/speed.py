@@ -225,30 +225,72 @@ def machine() -> str:
             f"({torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()})")
 
 
+def _variant(fmt, lesson_order: bool, aten_pool: bool) -> torch.nn.Module:
+    """seed-cnn with one of cxrlab's model-level levers undone."""
+    from torch import nn
+
+    from cxrlab.models.seed_cnn import MaxPool2x2
+
+    model = create_model(ModelSpec("seed-cnn"))
+    layers = list(model.features)
+    if aten_pool:
+        layers = [nn.MaxPool2d(2) if isinstance(m, MaxPool2x2) else m for m in layers]
+    if lesson_order:  # ReLU, then max-pool
+        for i in range(len(layers) - 1):
+            if isinstance(layers[i], nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
+                layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    model.features = nn.Sequential(*layers)
+    return model.to(memory_format=fmt)
+
+
+def lever_rates(repeats: int, fmt=torch.channels_last, bf16: bool = True, lesson_order: bool = False,
+                aten_pool: bool = False) -> dict:
+    """Training (batch 16) and inference (batch 64) img/s of seed-cnn, medians of `repeats`."""
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    train_rates, infer_rates = [], []
+    for _ in range(repeats):
+        torch.manual_seed(0)
+        model = _variant(fmt, lesson_order, aten_pool)
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        x, y = torch.randn(16, 1, 256, 256).contiguous(memory_format=fmt), torch.randint(0, 2, (16,)).float()
+        t = None
+        for i in range(23):
+            if i == 3:
+                t = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            with ctx():
+                out = model(x).float().reshape(-1)
+            torch.nn.functional.binary_cross_entropy_with_logits(out, y).backward()
+            opt.step()
+        train_rates.append(16 * 20 / (time.perf_counter() - t))
+        model.eval()
+        xb = torch.randn(64, 1, 256, 256).contiguous(memory_format=fmt)
+        with torch.no_grad(), ctx():
+            model(xb)
+            t = time.perf_counter()
+            for _ in range(5):
+                model(xb)
+        infer_rates.append(64 * 5 / (time.perf_counter() - t))
+    return {"train": median(train_rates), "infer": median(infer_rates)}
+
+
 def levers(repeats: int) -> None:
-    """cxrlab's levers one at a time on seed-cnn (the reference is not involved)."""
-    combos = {"fp32 NCHW (plain port)": (torch.contiguous_format, False), "channels_last": (torch.channels_last, False),
-              "bf16 autocast": (torch.contiguous_format, True), "channels_last + bf16": (torch.channels_last, True)}
-    print("| lever | train img/s (batch 16) |\n|---|---|")
-    for name, (fmt, bf16) in combos.items():
-        rates = []
-        for _ in range(repeats):
-            torch.manual_seed(0)
-            model = create_model(ModelSpec("seed-cnn")).to(memory_format=fmt)
-            opt = torch.optim.Adam(model.parameters(), 1e-3)
-            x, y = torch.randn(16, 1, 256, 256).contiguous(memory_format=fmt), torch.randint(0, 2, (16,)).float()
-            ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-            t = None
-            for i in range(23):
-                if i == 3:
-                    t = time.perf_counter()
-                opt.zero_grad(set_to_none=True)
-                with ctx():
-                    out = model(x).float().reshape(-1)
-                torch.nn.functional.binary_cross_entropy_with_logits(out, y).backward()
-                opt.step()
-            rates.append(16 * 20 / (time.perf_counter() - t))
-        print(f"| {name} | {median(rates):.0f} |", flush=True)
+    """cxrlab's levers on seed-cnn, each undone alone from the full set (the reference is not involved).
+    The malloc lever is process-wide, so its row runs in a child process with CXRLAB_MALLOC=system."""
+    rows = {"all of cxrlab's levers (channels_last, bf16, pool before ReLU, inference pooling, malloc)": {},
+            "- channels_last (NCHW)": {"fmt": torch.contiguous_format},
+            "- bf16 autocast (fp32)": {"bf16": False},
+            "- channels_last and bf16 (the plain port, other levers on)": {"fmt": torch.contiguous_format, "bf16": False},
+            "- pool before ReLU (the lesson's ReLU, then pool)": {"lesson_order": True},
+            "- inference pooling (ATen's max_pool2d)": {"aten_pool": True}}
+    print("| seed-cnn, 256 px | train img/s (batch 16) | inference img/s (batch 64) |\n|---|---|---|")
+    for name, kw in rows.items():
+        r = lever_rates(repeats, **kw)
+        print(f"| {name} | {r['train']:.0f} | {r['infer']:.0f} |", flush=True)
+    out = subprocess.run([sys.executable, __file__, "--lever-row", "--repeats", str(repeats)], capture_output=True,
+                         text=True, check=True, env={**os.environ, "CXRLAB_MALLOC": "system"}).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    print(f"| - malloc keeps large buffers (system malloc) | {r['train']:.0f} | {r['infer']:.0f} |", flush=True)
 
 
 def main() -> int:
@@ -259,6 +301,7 @@ def main() -> int:
     ap.add_argument("--no-reference", action="store_true", help="cxrlab side only")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--levers", action="store_true")
+    ap.add_argument("--lever-row", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--synthetic-images", type=int, default=50_000)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--probe-source", help=argparse.SUPPRESS)
@@ -269,6 +312,9 @@ def main() -> int:
     keep_freed_memory()  # as cxrlab's own CPU paths do (training/device.py select_device)
     if args.probe_source:
         return memory_probe(args)
+    if args.lever_row:
+        print(json.dumps(lever_rates(args.repeats)))
+        return 0
     if args.levers:
         levers(args.repeats)
         return 0

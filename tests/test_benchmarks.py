@@ -27,3 +27,13 @@ def test_speed_benchmark_smoke_runs_both_sides(tmp_path):
     if with_reference:  # both sides measured: a ratio in every comparison row
         assert float(train[1].split()[0].replace(",", "")) > 0 and re.fullmatch(r"[\d.]+x", train[2])
         assert "tensorflow" in out.stdout
+
+
+def test_speed_levers_table_has_every_lever():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--levers", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "img/s" not in line]
+    names = [row.split("|")[1].strip() for row in rows]
+    assert len(names) == 7 and names[0].startswith("all of") and names[-1].startswith("- malloc"), out.stdout
+    assert all(float(c) > 0 for row in rows for c in row.split("|")[2:4])

@@ -77,6 +77,18 @@ def test_normalization(mode):
         assert torch.allclose(x[:, 0], (batch[:, 0].float() / 255 - 0.485) / 0.229)
 
 
+def test_standardization_matches_the_two_pass_formula_and_keeps_blank_images_finite():
+    batch = torch.randint(0, 256, (5, 1, 256, 256), dtype=torch.uint8)
+    batch[1] = 200  # blank
+    batch[2] = torch.randint(250, 256, (1, 256, 256), dtype=torch.uint8)  # bright, low variance
+    x = normalize(batch, "standardize")
+    f = batch.double() / 255
+    ref = (f - f.mean(dim=(1, 2, 3), keepdim=True)) / f.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+    assert torch.allclose(x.double(), ref, atol=1e-5)
+    assert torch.equal(x[1], torch.zeros_like(x[1]))
+    assert normalize(batch, "standardize", channels=3).shape == (5, 3, 256, 256)
+
+
 def test_augmentation_changes_training_images_only(flat_folders):
     cfg = DataConfig(image_size=32, augment=AugmentConfig(enabled=True))
     data = load_data(flat_folders, config=cfg)
