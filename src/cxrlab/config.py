@@ -126,7 +126,8 @@ class TrainConfig:
     grad_clip: float | None = None
     # weights averaged over optimizer steps (exponential moving average, per-step decay; 0 = off).
     # Validation, the best checkpoint and evaluation use the averaged weights: on NIH's ~95-image
-    # validation splits single-epoch weights make checkpoint choice noisy (BENCHMARKS.md)
+    # validation splits single-epoch weights make checkpoint choice noisy. Off: 0.99 did not raise
+    # test AUC on NIH pneumonia (BENCHMARKS.md)
     ema_decay: float = 0.0
     class_weights: bool = True  # pos_weight = negatives / positives of the training split
     monitor: str = "val_auc"
