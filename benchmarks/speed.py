@@ -244,10 +244,14 @@ def _variant(fmt, lesson_order: bool, aten_pool: bool) -> torch.nn.Module:
 
 
 def lever_rates(repeats: int, fmt=torch.channels_last, bf16: bool = True, lesson_order: bool = False,
-                aten_pool: bool = False) -> dict:
+                aten_pool: bool = False, kernels: bool = True) -> dict:
     """Training (batch 16) and inference (batch 64) img/s of seed-cnn, medians of `repeats`."""
+    from cxrlab.models import cpu_kernels
+
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     train_rates, infer_rates = [], []
+    lib = cpu_kernels._library()
+    cpu_kernels._state["lib"] = lib if kernels else None
     for _ in range(repeats):
         torch.manual_seed(0)
         model = _variant(fmt, lesson_order, aten_pool)
@@ -271,18 +275,22 @@ def lever_rates(repeats: int, fmt=torch.channels_last, bf16: bool = True, lesson
             for _ in range(5):
                 model(xb)
         infer_rates.append(64 * 5 / (time.perf_counter() - t))
+    cpu_kernels._state["lib"] = lib
     return {"train": median(train_rates), "infer": median(infer_rates)}
 
 
 def levers(repeats: int) -> None:
     """cxrlab's levers on seed-cnn, each undone alone from the full set (the reference is not involved).
     The malloc lever is process-wide, so its row runs in a child process with CXRLAB_MALLOC=system."""
-    rows = {"all of cxrlab's levers (channels_last, bf16, pool before ReLU, inference pooling, malloc)": {},
+    rows = {"all of cxrlab's levers (channels_last, bf16, pool before ReLU, inference pooling, malloc, "
+            "CPU kernels)": {},
+            "- CPU kernels (fused first block, fused max-pool; CXRLAB_KERNELS=aten)": {"kernels": False},
             "- channels_last (NCHW)": {"fmt": torch.contiguous_format},
             "- bf16 autocast (fp32)": {"bf16": False},
             "- channels_last and bf16 (the plain port, other levers on)": {"fmt": torch.contiguous_format, "bf16": False},
-            "- pool before ReLU (the lesson's ReLU, then pool)": {"lesson_order": True},
-            "- inference pooling (ATen's max_pool2d)": {"aten_pool": True}}
+            "- pool before ReLU (the lesson's ReLU, then pool; the fused first block needs it too)":
+                {"lesson_order": True},
+            "- inference pooling and the CPU kernels (ATen's max_pool2d everywhere)": {"aten_pool": True}}
     print("| seed-cnn, 256 px | train img/s (batch 16) | inference img/s (batch 64) |\n|---|---|---|")
     for name, kw in rows.items():
         r = lever_rates(repeats, **kw)

@@ -35,5 +35,6 @@ def test_speed_levers_table_has_every_lever():
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "img/s" not in line]
     names = [row.split("|")[1].strip() for row in rows]
-    assert len(names) == 7 and names[0].startswith("all of") and names[-1].startswith("- malloc"), out.stdout
+    assert len(names) == 8 and names[0].startswith("all of") and names[-1].startswith("- malloc"), out.stdout
+    assert any(name.startswith("- CPU kernels") for name in names), out.stdout
     assert all(float(c) > 0 for row in rows for c in row.split("|")[2:4])

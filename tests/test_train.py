@@ -43,7 +43,9 @@ def test_run_directory_contents(demo_dir, tmp_path):
 
 def test_short_run_learns(tmp_path):
     data = make_demo_data(tmp_path / "d", n_patients=120, size=128)
-    cfg = TrainConfig(source=str(data), positive="effusion", epochs=20, seed=0, model="seed-cnn",
+    # fp32: under bf16 the lesson's network (no batch norm) leaves its early plateau within the early-stopping
+    # patience on some seeds and not others (2-3 of 4 seeds, with PyTorch's kernels or cxrlab's alike)
+    cfg = TrainConfig(source=str(data), positive="effusion", epochs=20, seed=0, model="seed-cnn", precision="fp32",
                       data=DataConfig(image_size=128, cache_dir=str(tmp_path / "cache"),
                                       augment=AugmentConfig(enabled=False)))
     run = train(cfg, tmp_path / "run")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .cpu_kernels import conv1_pool, pool2x2
+
 # (out_channels, kernel) of the seed lesson's seven convolutions; a 2x2 max-pool follows the first six.
 SEED_CONVS = [(8, 3), (8, 3), (12, 3), (12, 3), (20, 5), (20, 5), (50, 5)]
 
@@ -21,19 +23,21 @@ def keras_init(module: nn.Module) -> None:
 
 
 class MaxPool2x2(nn.MaxPool2d):
-    """2x2 max-pool, stride 2. Without gradients (inference) it is two elementwise maxima of strided
-    views: about 2x faster seed-cnn inference on CPU, where ATen's kernel is slow on 8-50-channel
-    channels-last maps and also writes the int64 argmax indices only a backward pass needs
-    (BENCHMARKS.md). With gradients (training, Grad-CAM) and when traced for export it is ATen's
-    max_pool2d: a hand-written backward (boolean masks, no indices) trained 2x slower, because
-    comparisons and selects on bf16 are slow in eager PyTorch. Same values either way (tests)."""
+    """2x2 max-pool, stride 2, with the same values and gradients as ATen's max_pool2d (tests), faster on
+    CPU, where ATen's kernel is slow on 8-50-channel maps and writes int64 argmax indices. Without
+    gradients (inference) it is two elementwise maxima of strided views: about 2x faster seed-cnn
+    inference. With gradients (training, Grad-CAM) it is cxrlab's CPU kernel (cpu_kernels.py) when it
+    is built, else ATen's. Traced for export (ONNX, TorchScript) it is ATen's (BENCHMARKS.md)."""
 
     def __init__(self):
         super().__init__(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.requires_grad and torch.is_grad_enabled()) or torch.jit.is_tracing() or torch.jit.is_scripting():
+        if torch.jit.is_tracing() or torch.jit.is_scripting():
             return super().forward(x)
+        if x.requires_grad and torch.is_grad_enabled():
+            fused = pool2x2(x)
+            return super().forward(x) if fused is None else fused
         h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # odd sizes: floor, as max_pool2d does
         cols = torch.maximum(x[..., :h, 0:w:2], x[..., :h, 1:w:2])
         return torch.maximum(cols[..., 0::2, :], cols[..., 1::2, :])
@@ -68,7 +72,23 @@ class SeedCNN(nn.Module):
         keras_init(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self._first_block_fusable():
+            h = conv1_pool(x, self.features[0], relu=True)
+            if h is not None:
+                for layer in self.features[3:]:
+                    h = layer(h)
+                return self.pool(h)
         return self.pool(self.features(x))
+
+    def _first_block_fusable(self) -> bool:
+        """Training seed-cnn (no batch norm between conv and pool) with nothing hooked on the first
+        conv, pool or ReLU (a saliency method may read them): one fused kernel replaces the three
+        (cpu_kernels.py; seed-cnn trains about 1.5x faster on CPU, BENCHMARKS.md)."""
+        first = self.features[:3]
+        return (isinstance(first[1], MaxPool2x2) and isinstance(first[2], nn.ReLU) and torch.is_grad_enabled()
+                and first[0].weight.requires_grad
+                and not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                            or m._backward_pre_hooks for m in first))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
