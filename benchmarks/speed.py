@@ -39,7 +39,7 @@ import torch
 
 from cxrlab.allocator import keep_freed_memory
 from cxrlab.models import ModelSpec, create_model
-from cxrlab.training.device import autocast, cpu_has_native_bf16, training_memory_format
+from cxrlab.training.device import adam, autocast, cpu_has_native_bf16, training_memory_format
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "benchmarks" / "reference" / "seed_keras.py"
@@ -54,7 +54,7 @@ def train_throughput(steps: int, batch: int = 16, model_name: str = "seed-cnn") 
     model = create_model(ModelSpec(model_name))
     fmt = training_memory_format(model, CPU)
     model = model.to(memory_format=fmt)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    opt = adam(model.parameters(), CPU)
     x = torch.randn(batch, 1, 256, 256).contiguous(memory_format=fmt)
     y = torch.randint(0, 2, (batch,)).float()
 
@@ -110,7 +110,8 @@ def lesson_config(source: str, positive: str, negative: list[str] | None, cache:
                                        augment=AugmentConfig(enabled=False)))
 
 
-def workflow(source: str, positive: str, negative: list[str] | None, workdir: Path, epochs: int) -> dict:
+def workflow(source: str, positive: str, negative: list[str] | None, workdir: Path, epochs: int,
+             seed: int = 0) -> dict:
     """Cold cache to test predictions, as the reference does it: wall seconds and test AUC."""
     from sklearn.metrics import roc_auc_score
 
@@ -118,8 +119,8 @@ def workflow(source: str, positive: str, negative: list[str] | None, workdir: Pa
     from cxrlab.training import train
 
     t0 = time.perf_counter()
-    run = train(lesson_config(source, positive, negative, str(workdir / "cache"), epochs), workdir / "run",
-                overwrite=True)
+    run = train(lesson_config(source, positive, negative, str(workdir / "cache"), epochs, seed=seed),
+                workdir / "run", overwrite=True)
     test = predict_split(run.dir.path, "test")
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "train_s": run.info["train_seconds"], "test_auc": roc_auc_score(test["y"], test["score"]),
@@ -255,7 +256,7 @@ def lever_rates(repeats: int, fmt=torch.channels_last, bf16: bool = True, lesson
     for _ in range(repeats):
         torch.manual_seed(0)
         model = _variant(fmt, lesson_order, aten_pool)
-        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        opt = adam(model.parameters(), CPU)
         x, y = torch.randn(16, 1, 256, 256).contiguous(memory_format=fmt), torch.randint(0, 2, (16,)).float()
         t = None
         for i in range(23):
@@ -364,14 +365,19 @@ def main() -> int:
                 row(label, median(o[key] for o in ours), median(r[key] for r in refs) if refs else None,
                     unit, up, target)
         if "workflow" in rows:
-            ours = [workflow(source, positive, negative, work / f"wf{i}", epochs) for i in range(repeats)]
+            # each repetition trains from another seed, on both sides: one run's test AUC on 95 images
+            # moves by about 0.05 with the seed alone, so AUC is compared as the mean over repetitions
+            ours = [workflow(source, positive, negative, work / f"wf{i}", epochs, seed=i) for i in range(repeats)]
             refs = [reference(ref_python, "workflow", "--split", ours[0]["split"], "--epochs", str(epochs),
-                              "--workdir", str(work)) for _ in range(repeats)] if ref_python else None
+                              "--workdir", str(work), "--seed", str(i)) for i in range(repeats)] if ref_python else None
             (work / "split.csv").write_bytes(Path(ours[0]["split"]).read_bytes())
             row("3. workflow: disk to test predictions", median(o["wall_s"] for o in ours),
                 median(r["wall_s"] for r in refs) if refs else None, "s", False, ">= 1.5x")
-            row("3. workflow: test AUC (same split)", median(o["test_auc"] for o in ours),
-                median(r["test_auc"] for r in refs) if refs else None, "", True, "no worse")
+            row(f"3. workflow: test AUC (same split), mean of {repeats} seeds",
+                statistics.mean(o["test_auc"] for o in ours),
+                statistics.mean(r["test_auc"] for r in refs) if refs else None, "", True, "no worse")
+            print("   per seed: cxrlab " + ", ".join(f"{o['test_auc']:.3f}" for o in ours)
+                  + ("; Keras " + ", ".join(f"{r['test_auc']:.3f}" for r in refs) if refs else ""), flush=True)
         if "frozen" in rows:
             recompute = median(frozen_transfer(source, positive, negative, work, epochs, False) for _ in range(repeats))
             cached = median(frozen_transfer(source, positive, negative, work, epochs, True) for _ in range(repeats))

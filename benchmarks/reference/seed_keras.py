@@ -89,11 +89,11 @@ def load_images(paths) -> np.ndarray:
     return out
 
 
-def workflow(split_csv: str, epochs: int, batch: int, workdir: str) -> dict:
+def workflow(split_csv: str, epochs: int, batch: int, workdir: str, seed: int = 0) -> dict:
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     split = pd.read_csv(split_csv)
     t0 = time.perf_counter()
     data = {s: load_images(split.loc[split["split"] == s, "path"].tolist()) for s in ("train", "val", "test")}
@@ -124,6 +124,7 @@ def main() -> int:
     ap.add_argument("--split", help="workflow: a split CSV with path, y, split columns")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--workdir", default=".")
+    ap.add_argument("--seed", type=int, default=0, help="workflow: the training seed")
     args = ap.parse_args()
     if args.mode == "train-throughput":
         result = train_throughput(args.steps, args.batch)
@@ -136,7 +137,7 @@ def main() -> int:
         n = len(load_images(pd.read_csv(args.split)["path"].tolist()))
         result = {"load_s": time.perf_counter() - t, "n": n}
     elif args.mode == "workflow":
-        result = workflow(args.split, args.epochs, args.batch, args.workdir)
+        result = workflow(args.split, args.epochs, args.batch, args.workdir, args.seed)
     else:
         result = {}
     result["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}

@@ -11,8 +11,8 @@ shapes, and torch.compile trained this network slower. So:
   stored.
 
 It is built with the system C++ compiler into the cache ($CXRLAB_CACHE/kernels, by default
-~/.cache/cxrlab/kernels), keyed by source, compiler and CPU, with -march=native. Without a compiler, or with CXRLAB_KERNELS=aten,
-both return None and callers use PyTorch's operators: the same function, slower.
+~/.cache/cxrlab/kernels), keyed by source, compiler and CPU, with -march=native. Without a compiler,
+or with CXRLAB_KERNELS=aten, both return None and callers use PyTorch's operators: the same function, slower.
 """
 
 from __future__ import annotations

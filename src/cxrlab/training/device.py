@@ -58,3 +58,10 @@ def training_memory_format(model: torch.nn.Module, device: torch.device) -> torc
     if device.type == "cpu" and not getattr(model, "cpu_channels_last_training", True):
         return torch.contiguous_format
     return torch.channels_last
+
+
+def adam(params, device: torch.device, lr: float = 1e-3, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam with PyTorch's fused kernel on CPU and CUDA: one pass over all parameters instead of a dozen
+    element-wise ops per step. seed-cnn's step: 0.4 ms against 1.3-1.5 ms (BENCHMARKS.md)."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)

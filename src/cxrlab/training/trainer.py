@@ -32,7 +32,7 @@ from ..models.registry import backbone_of
 from ..models.transfer import freeze_bn_stats, set_trainable_blocks
 from ..runs import RunDir
 from . import dist as distributed
-from .device import autocast, needs_grad_scaler, select_device, training_memory_format
+from .device import adam, autocast, needs_grad_scaler, select_device, training_memory_format
 from .features import extract_features
 from .metrics import epoch_metrics
 
@@ -183,7 +183,7 @@ class _Loop:
     def _start_phase(self, phase: Phase, resume_ckpt: dict | None):
         set_trainable_blocks(self.model, phase.trainable_blocks)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=phase.lr, weight_decay=self.cfg.weight_decay)
+        self.optimizer = adam(self.params, self.device, phase.lr, self.cfg.weight_decay)
         mode = "min" if self.cfg.monitor == "val_loss" else "max"
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode=mode, factor=self.cfg.lr_factor, patience=self.cfg.lr_patience,
