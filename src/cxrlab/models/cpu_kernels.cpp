@@ -17,6 +17,7 @@
 // Built by cxrlab/models/cpu_kernels.py; plain C ABI for ctypes.
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace {
 
@@ -97,41 +98,30 @@ void backward(const T* gy, const uint8_t* code, T* gx, int64_t planes, int64_t h
     }
 }
 
+// calls f with the channel count as a compile-time constant for the common ones (0: any other)
+template <typename F>
+void with_channels(int64_t c, F&& f) {
+    switch (c) {
+        case 1: return f(std::integral_constant<int, 1>{});
+        case 8: return f(std::integral_constant<int, 8>{});
+        case 12: return f(std::integral_constant<int, 12>{});
+        case 16: return f(std::integral_constant<int, 16>{});
+        case 20: return f(std::integral_constant<int, 20>{});
+        case 32: return f(std::integral_constant<int, 32>{});
+        case 64: return f(std::integral_constant<int, 64>{});
+        default: return f(std::integral_constant<int, 0>{});
+    }
+}
+
 template <typename T>
 void forward_any(const T* x, T* y, uint8_t* code, int64_t planes, int64_t h, int64_t w, int64_t c, int t) {
-    switch (c) {
-        case 1: return forward<T, 1>(x, y, code, planes, h, w, c, t);
-        case 8: return forward<T, 8>(x, y, code, planes, h, w, c, t);
-        case 12: return forward<T, 12>(x, y, code, planes, h, w, c, t);
-        case 16: return forward<T, 16>(x, y, code, planes, h, w, c, t);
-        case 20: return forward<T, 20>(x, y, code, planes, h, w, c, t);
-        case 32: return forward<T, 32>(x, y, code, planes, h, w, c, t);
-        case 64: return forward<T, 64>(x, y, code, planes, h, w, c, t);
-        default: return forward<T, 0>(x, y, code, planes, h, w, c, t);
-    }
+    with_channels(c, [&](auto C) { forward<T, decltype(C)::value>(x, y, code, planes, h, w, c, t); });
 }
 
 template <typename T>
 void backward_any(const T* gy, const uint8_t* code, T* gx, int64_t planes, int64_t h, int64_t w, int64_t c,
                   int t) {
-    switch (c) {
-        case 1: return backward<T, 1>(gy, code, gx, planes, h, w, c, t);
-        case 8: return backward<T, 8>(gy, code, gx, planes, h, w, c, t);
-        case 12: return backward<T, 12>(gy, code, gx, planes, h, w, c, t);
-        case 16: return backward<T, 16>(gy, code, gx, planes, h, w, c, t);
-        case 20: return backward<T, 20>(gy, code, gx, planes, h, w, c, t);
-        case 32: return backward<T, 32>(gy, code, gx, planes, h, w, c, t);
-        case 64: return backward<T, 64>(gy, code, gx, planes, h, w, c, t);
-        default: return backward<T, 0>(gy, code, gx, planes, h, w, c, t);
-    }
-}
-
-inline uint16_t to_bf16_bits(float f) {  // round to nearest even, NaN stays NaN
-    uint32_t u;
-    std::memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return static_cast<uint16_t>(u >> 16);
+    with_channels(c, [&](auto C) { backward<T, decltype(C)::value>(gy, code, gx, planes, h, w, c, t); });
 }
 
 // Eight fp32 lanes (GCC/Clang vector extensions: AVX registers on x86, pairs of NEON registers on ARM).
@@ -213,56 +203,68 @@ inline void load_block(const float* cols, int64_t half, int64_t j0, v8 (&in)[K +
         for (int s = 0; s < K + 1; ++s) in[t][s] = load8(cols + (t * 2 + (s & 1)) * half + (s >> 1) + j0);
 }
 
+// Inside a parallel region: this thread's share of the output rows, each as 8-column blocks with their
+// (K + 1) x (K + 1) input taps loaded; block(r, j0, lanes, in) per block, row_done() after each row.
+template <int K, typename Block, typename RowDone>
+void for_each_block(const float* x, int64_t n, int64_t h, int64_t w, int bf16, float* cols, Block&& block,
+                    RowDone&& row_done) {
+    const int64_t oh = h / 2, ow_count = w / 2, half = plane_width(ow_count, K);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < n * oh; ++r) {
+        split_rows(x + (r / oh) * h * w, h, w, r % oh, K, half, cols, bf16);
+        for (int64_t j0 = 0; j0 < ow_count; j0 += kLanes) {
+            v8 in[K + 1][K + 1];
+            load_block<K>(cols, half, j0, in);
+            block(r, j0, static_cast<int>(ow_count - j0 < kLanes ? ow_count - j0 : kLanes), in);
+        }
+        row_done();
+    }
+}
+
 // x: (N, H, W) fp32; wt: (O, K*K) weights; y: (N, H/2, W/2, O) bf16 bits or fp32; code alike
 template <int K>
 void conv_pool_forward(const float* x, const float* wt, const float* bias, void* y, uint8_t* code, int64_t n,
                        int64_t h, int64_t w, int64_t out, int bf16, int relu, int threads) {
-    const int64_t oh = h / 2, ow_count = w / 2, half = plane_width(ow_count, K);
+    const int64_t ow_count = w / 2;
 #pragma omp parallel num_threads(threads)
     {
-        float* cols = new float[(K + 1) * 2 * half];
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < n * oh; ++r) {
-            split_rows(x + (r / oh) * h * w, h, w, r % oh, K, half, cols, bf16);
-            for (int64_t j0 = 0; j0 < ow_count; j0 += kLanes) {
-                v8 in[K + 1][K + 1];
-                load_block<K>(cols, half, j0, in);
-                const int lanes = static_cast<int>(ow_count - j0 < kLanes ? ow_count - j0 : kLanes);
-                for (int64_t o = 0; o < out; ++o) {
-                    const float* wo = wt + o * K * K;
-                    v8 best = splat(0.f);
-                    v8i arg = v8i{} ;
-                    for (int q = 0; q < 4; ++q) {
-                        const int dy = q >> 1, dx = q & 1;
-                        v8 acc = splat(bias[o]);
-                        for (int ky = 0; ky < K; ++ky)
-                            for (int kx = 0; kx < K; ++kx) acc += splat(wo[ky * K + kx]) * in[dy + ky][dx + kx];
-                        const v8i take = q == 0 ? v8i{} - 1 : ((acc > best) | (acc != acc));
-                        best = take ? acc : best;
-                        arg = take ? v8i{} + q : arg;
+        float* cols = new float[(K + 1) * 2 * plane_width(ow_count, K)];
+        auto block = [&](int64_t r, int64_t j0, int lanes, const v8 (&in)[K + 1][K + 1]) {
+            for (int64_t o = 0; o < out; ++o) {
+                const float* wo = wt + o * K * K;
+                v8 best = splat(0.f);
+                v8i arg = v8i{};
+                for (int q = 0; q < 4; ++q) {
+                    const int dy = q >> 1, dx = q & 1;
+                    v8 acc = splat(bias[o]);
+                    for (int ky = 0; ky < K; ++ky)
+                        for (int kx = 0; kx < K; ++kx) acc += splat(wo[ky * K + kx]) * in[dy + ky][dx + kx];
+                    const v8i take = q == 0 ? v8i{} - 1 : ((acc > best) | (acc != acc));
+                    best = take ? acc : best;
+                    arg = take ? v8i{} + q : arg;
+                }
+                // bf16 output rounded once, after the max: rounding is monotone, so the maximum is the same
+                // as autocast's; only which of two values that round alike wins can differ
+                if (bf16) best = round_to_bf16(best);
+                if (relu) {  // ReLU(x) = x if x > 0 (NaN stays NaN), else 0; code 4: no gradient
+                    const v8i positive = best > 0.f;
+                    best = (positive | (best != best)) ? best : splat(0.f);
+                    arg = positive ? arg : v8i{} + 4;
+                }
+                const int64_t at = (r * ow_count + j0) * out + o;
+                for (int l = 0; l < lanes; ++l) {
+                    if (bf16) {
+                        uint32_t u;
+                        std::memcpy(&u, &best[l], sizeof u);
+                        static_cast<uint16_t*>(y)[at + l * out] = static_cast<uint16_t>(u >> 16);
+                    } else {
+                        static_cast<float*>(y)[at + l * out] = best[l];
                     }
-                    // bf16 output rounded once, after the max: rounding is monotone, so the maximum is the same
-                    // as autocast's; only which of two values that round alike wins can differ
-                    if (bf16) best = round_to_bf16(best);
-                    if (relu) {  // ReLU(x) = x if x > 0 (NaN stays NaN), else 0; code 4: no gradient
-                        const v8i positive = best > 0.f;
-                        best = (positive | (best != best)) ? best : splat(0.f);
-                        arg = positive ? arg : v8i{} + 4;
-                    }
-                    const int64_t at = (r * ow_count + j0) * out + o;
-                    for (int l = 0; l < lanes; ++l) {
-                        if (bf16) {
-                            uint32_t u;
-                            std::memcpy(&u, &best[l], sizeof u);
-                            static_cast<uint16_t*>(y)[at + l * out] = static_cast<uint16_t>(u >> 16);
-                        } else {
-                            static_cast<float*>(y)[at + l * out] = best[l];
-                        }
-                        code[at + l * out] = static_cast<uint8_t>(arg[l]);
-                    }
+                    code[at + l * out] = static_cast<uint8_t>(arg[l]);
                 }
             }
-        }
+        };
+        for_each_block<K>(x, n, h, w, bf16, cols, block, [] {});
         delete[] cols;
     }
 }
@@ -271,13 +273,12 @@ void conv_pool_forward(const float* x, const float* wt, const float* bias, void*
 template <int K>
 void conv_pool_backward(const float* x, const void* gy, const uint8_t* code, float* gw, float* gb, int64_t n,
                         int64_t h, int64_t w, int64_t out, int bf16, int threads) {
-    const int64_t oh = h / 2, ow_count = w / 2, half = plane_width(ow_count, K);
-    const int64_t taps = K * K;
+    const int64_t ow_count = w / 2, taps = K * K;
     for (int64_t j = 0; j < out * taps; ++j) gw[j] = 0.f;
     for (int64_t o = 0; o < out; ++o) gb[o] = 0.f;
 #pragma omp parallel num_threads(threads)
     {
-        float* cols = new float[(K + 1) * 2 * half];
+        float* cols = new float[(K + 1) * 2 * plane_width(ow_count, K)];
         v8* lw = new v8[out * taps]();  // lane sums of a few rows, then added into fp64 thread sums
         v8* lb = new v8[out]();
         double* tw = new double[out * taps]();
@@ -292,35 +293,28 @@ void conv_pool_backward(const float* x, const void* gy, const uint8_t* code, flo
             for (int64_t o = 0; o < out; ++o) lb[o] = splat(0.f);
             rows_in_lanes = 0;
         };
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < n * oh; ++r) {
-            split_rows(x + (r / oh) * h * w, h, w, r % oh, K, half, cols, bf16);
-            for (int64_t j0 = 0; j0 < ow_count; j0 += kLanes) {
-                v8 in[K + 1][K + 1];
-                load_block<K>(cols, half, j0, in);
-                const int lanes = static_cast<int>(ow_count - j0 < kLanes ? ow_count - j0 : kLanes);
-                for (int64_t o = 0; o < out; ++o) {
-                    const int64_t at = (r * ow_count + j0) * out + o;
-                    v8 g = splat(0.f);
-                    v8i c = v8i{} - 1;  // lanes past the row's end: no window, no gradient
-                    for (int l = 0; l < lanes; ++l) {
-                        g[l] = bf16 ? to_float(static_cast<const uint16_t*>(gy)[at + l * out])
-                                    : static_cast<const float*>(gy)[at + l * out];
-                        c[l] = code[at + l * out];
-                    }
-                    v8 m[4];  // the gradient at each window position; none where the ReLU cut (code 4)
-                    for (int q = 0; q < 4; ++q) m[q] = c == q ? g : splat(0.f);
-                    lb[o] += m[0] + m[1] + m[2] + m[3];
-                    for (int ky = 0; ky < K; ++ky)
-                        for (int kx = 0; kx < K; ++kx) {
-                            v8 acc = m[0] * in[ky][kx] + m[1] * in[ky][kx + 1] + m[2] * in[ky + 1][kx] +
-                                     m[3] * in[ky + 1][kx + 1];
-                            lw[o * taps + ky * K + kx] += acc;
-                        }
+        auto block = [&](int64_t r, int64_t j0, int lanes, const v8 (&in)[K + 1][K + 1]) {
+            for (int64_t o = 0; o < out; ++o) {
+                const int64_t at = (r * ow_count + j0) * out + o;
+                v8 g = splat(0.f);
+                v8i c = v8i{} - 1;  // lanes past the row's end: no window, no gradient
+                for (int l = 0; l < lanes; ++l) {
+                    g[l] = bf16 ? to_float(static_cast<const uint16_t*>(gy)[at + l * out])
+                                : static_cast<const float*>(gy)[at + l * out];
+                    c[l] = code[at + l * out];
                 }
+                v8 m[4];  // the gradient at each window position; none where the ReLU cut (code 4)
+                for (int q = 0; q < 4; ++q) m[q] = c == q ? g : splat(0.f);
+                lb[o] += m[0] + m[1] + m[2] + m[3];
+                for (int ky = 0; ky < K; ++ky)
+                    for (int kx = 0; kx < K; ++kx)
+                        lw[o * taps + ky * K + kx] += m[0] * in[ky][kx] + m[1] * in[ky][kx + 1] +
+                                                      m[2] * in[ky + 1][kx] + m[3] * in[ky + 1][kx + 1];
             }
+        };
+        for_each_block<K>(x, n, h, w, bf16, cols, block, [&] {
             if (++rows_in_lanes == 8) flush();
-        }
+        });
         flush();
 #pragma omp critical
         {
