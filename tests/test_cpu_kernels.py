@@ -125,6 +125,26 @@ def test_seed_cnn_training_uses_the_kernels_and_matches_pytorch(monkeypatch):
 
 
 @needs_kernel
+def test_seed_cnn_inference_uses_the_fused_block_with_pytorchs_bf16_output(monkeypatch):
+    """Prediction (no gradients, bf16 autocast as on CPU) through the fused first block gives PyTorch's
+    logits bit for bit."""
+    from cxrlab.models import ModelSpec, create_model
+
+    torch.manual_seed(0)
+    model = create_model(ModelSpec("seed-cnn", image_size=64)).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(5, 1, 64, 64).contiguous(memory_format=torch.channels_last)
+    calls = []
+    fused = cpu_kernels.conv1_pool
+    monkeypatch.setattr("cxrlab.models.seed_cnn.conv1_pool", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    outs = []
+    for lib in (cpu_kernels._library(), None):
+        monkeypatch.setitem(cpu_kernels._state, "lib", lib)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            outs.append(model(x))
+    assert calls and torch.equal(*outs)
+
+
+@needs_kernel
 def test_a_hook_on_the_first_block_keeps_the_plain_layers():
     """Saliency methods hook layers: a hooked first conv must see its input, so the fused path steps aside."""
     from cxrlab.models import ModelSpec, create_model

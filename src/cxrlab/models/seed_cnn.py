@@ -81,12 +81,11 @@ class SeedCNN(nn.Module):
         return self.pool(self.features(x))
 
     def _first_block_fusable(self) -> bool:
-        """Training seed-cnn (no batch norm between conv and pool) with nothing hooked on the first
-        conv, pool or ReLU (a saliency method may read them): one fused kernel replaces the three
-        (cpu_kernels.py; with the max-pool kernel, seed-cnn trains about 1.7x faster on CPU, BENCHMARKS.md)."""
+        """seed-cnn (no batch norm between conv and pool) with nothing hooked on the first conv, pool
+        or ReLU (a saliency method may read them): one fused kernel replaces the three (cpu_kernels.py;
+        with the max-pool kernel, seed-cnn trains about 1.7x faster on CPU, BENCHMARKS.md)."""
         first = self.features[:3]
-        return (isinstance(first[1], MaxPool2x2) and isinstance(first[2], nn.ReLU) and torch.is_grad_enabled()
-                and first[0].weight.requires_grad
+        return (isinstance(first[1], MaxPool2x2) and isinstance(first[2], nn.ReLU)
                 and not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                             or m._backward_pre_hooks for m in first))
 
