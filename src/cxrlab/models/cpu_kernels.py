@@ -118,9 +118,9 @@ def _geometry(x: torch.Tensor) -> tuple[int, int, int, int] | None:
 
 class _MaxPool2x2(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, geometry: tuple[int, int, int, int]) -> torch.Tensor:
         lib = _library()
-        planes, h, w, c = _geometry(x)
+        planes, h, w, c = geometry
         fmt = torch.contiguous_format if c == 1 else torch.channels_last
         n, ch = x.shape[:2]
         y = torch.empty((n, ch, h // 2, w // 2), dtype=x.dtype, memory_format=fmt)
@@ -142,16 +142,17 @@ class _MaxPool2x2(torch.autograd.Function):
             gx.zero_()
         _library().cxr_maxpool2x2_backward(grad.data_ptr(), code.data_ptr(), gx.data_ptr(),
                                            _ELEMENT_BYTES[grad.dtype], planes, h, w, c, torch.get_num_threads())
-        return gx
+        return gx, None
 
 
 def pool2x2(x: torch.Tensor) -> torch.Tensor | None:
     """2x2 stride-2 max-pool of a 4-D CPU tensor through the fused kernel, or None when it does not
     apply (other device, dtype or layout; no compiler), in which case the caller uses ATen."""
     if (x.device.type != "cpu" or x.dim() != 4 or x.dtype not in _ELEMENT_BYTES or x.shape[-1] < 2
-            or x.shape[-2] < 2 or _exporting() or _geometry(x) is None or _library() is None):
+            or x.shape[-2] < 2 or _exporting() or _library() is None):
         return None
-    return _MaxPool2x2.apply(x)
+    geometry = _geometry(x)
+    return None if geometry is None else _MaxPool2x2.apply(x, geometry)
 
 
 class _Conv1Pool(torch.autograd.Function):
