@@ -6,6 +6,10 @@ BENCH_VENV ?= .venv-bench
 
 .PHONY: demo test setup bench-env clean
 
+# No pip wheel cache: the CUDA build of torch and TensorFlow would otherwise sit on disk twice (about
+# 4 GB more); a CI run once failed with 'No space left on device' while installing.
+export PIP_NO_CACHE_DIR := 1
+
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

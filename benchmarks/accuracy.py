@@ -31,10 +31,10 @@ TASKS = {
     "kermany": dict(source=str(SHARED / "kermany-pneumonia"), positive="PNEUMONIA", negative=["NORMAL"]),
 }
 # (a) the lesson: seed-cnn, per-image standardisation, 256 px, Adam, batch 16, 10 epochs, best val
-# loss, no augmentation, no class weights.
+# loss, no augmentation, no class weights, a constant learning rate.
 SEED_RECIPE = dict(model="seed-cnn", epochs=10, batch_size=16, lr=1e-3, class_weights=False, monitor="val_loss",
-                   early_stopping=0, augment=False, image_size=256, normalization="standardize", precision="fp32",
-                   max_train_images=0, ema_decay=0.0)
+                   early_stopping=0, lr_patience=0, augment=False, image_size=256, normalization="standardize",
+                   precision="fp32", max_train_images=0, ema_decay=0.0)
 # (b) cxrlab's default: the TrainConfig defaults (what `cxrlab train` does with no options).
 DEFAULT_RECIPE: dict = {}
 RECIPES = {"seed": SEED_RECIPE, "default": DEFAULT_RECIPE}

@@ -140,6 +140,24 @@ def test_ema_decay_out_of_range_is_refused(demo_dir, tmp_path):
         config(demo_dir, tmp_path, ema_decay=1.0)
 
 
+@pytest.mark.parametrize("key,value", [("lr_patience", -1), ("early_stopping", -2), ("lr_factor", 1.0)])
+def test_schedule_settings_out_of_range_are_refused(demo_dir, tmp_path, key, value):
+    with pytest.raises(CxrlabError, match=key):
+        config(demo_dir, tmp_path, **{key: value})
+
+
+@pytest.mark.parametrize("lr_patience", [0, 1])
+def test_lr_patience_0_keeps_the_lesson_constant_rate(demo_dir, tmp_path, lr_patience):
+    # a learning rate too small to move the weights: validation never improves after epoch 1
+    run = train(config(demo_dir, tmp_path, epochs=4, lr=1e-6, min_lr=0.0, lr_patience=lr_patience,
+                       monitor="val_loss"), tmp_path / "run")
+    lrs = run.history["lr"].tolist()
+    if lr_patience == 0:
+        assert lrs == [1e-6] * 4
+    else:
+        assert lrs[0] == 1e-6 and lrs[-1] == pytest.approx(0.5e-6)
+
+
 def test_resume_after_kill_9(demo_dir, tmp_path):
     cfg = config(demo_dir, tmp_path, epochs=6)
     train(cfg, tmp_path / "full")

@@ -132,7 +132,7 @@ class TrainConfig:
     class_weights: bool = True  # pos_weight = negatives / positives of the training split
     monitor: str = "val_auc"
     early_stopping: int = 10  # patience in epochs; 0 = off
-    lr_patience: int = 2
+    lr_patience: int = 2  # epochs without improvement before lr x lr_factor; 0 = off (the lesson's constant lr)
     lr_factor: float = 0.5
     min_lr: float = 1e-6
     shuffle_labels: bool = False  # sanity-check runs only: permute the training labels (Adebayo et al.)
@@ -160,6 +160,11 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        for name in ("early_stopping", "lr_patience"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"{name} must be 0 (off) or more, got {getattr(self, name)}")
+        if not 0 < float(self.lr_factor) < 1:
+            raise ConfigError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
 
 
 def with_overrides(cfg: TrainConfig, **overrides) -> TrainConfig:

@@ -185,16 +185,19 @@ class _Loop:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = adam(self.params, self.device, phase.lr, self.cfg.weight_decay)
         mode = "min" if self.cfg.monitor == "val_loss" else "max"
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode=mode, factor=self.cfg.lr_factor, patience=self.cfg.lr_patience,
-            min_lr=self.cfg.min_lr)
+        self.scheduler = None  # lr_patience 0: a constant learning rate, as the lesson trains
+        if self.cfg.lr_patience > 0:
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode=mode, factor=self.cfg.lr_factor, patience=self.cfg.lr_patience,
+                min_lr=self.cfg.min_lr)
         self.ema = None
         if self.cfg.ema_decay:  # restarted per phase, from the weights the phase starts with
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay),
                                      use_buffers=True)
         if resume_ckpt is not None:
             self.optimizer.load_state_dict(resume_ckpt["optimizer"])
-            self.scheduler.load_state_dict(resume_ckpt["scheduler"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(resume_ckpt["scheduler"])
             if self.ema is not None:
                 self.ema.load_state_dict(resume_ckpt["ema"])
         self.frozen = phase.trainable_blocks == 0
@@ -298,7 +301,8 @@ class _Loop:
             st.best, st.best_epoch, st.bad_epochs = score, row["epoch"], 0
         else:
             st.bad_epochs += 1
-        self.scheduler.step(score)
+        if self.scheduler is not None:
+            self.scheduler.step(score)
         if self.ctx.main:
             if improved:
                 save_weights(self.scored_model, self.run_dir.best_weights)
@@ -317,7 +321,7 @@ class _Loop:
         atomic_torch_save({
             "format": CHECKPOINT_FORMAT, "epoch": st.epoch, "phase": st.phase, "phase_start": st.phase_start,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "rng": _rng_state(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None, "rng": _rng_state(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "history": torch.tensor(frame.to_numpy(dtype=np.float64)), "history_columns": list(frame.columns),
             "best": st.best, "best_epoch": st.best_epoch, "bad_epochs": st.bad_epochs,
