@@ -200,6 +200,15 @@ def reference(python: str, *args: str) -> dict:
 
 
 # -- report -----------------------------------------------------------------------------------------
+def auc_difference(ours: list[float], refs: list[float]) -> tuple[float, float, float]:
+    """Mean difference and its 95% CI. Seed i draws different initial weights in PyTorch and in Keras,
+    so the runs are not paired: Welch's t interval for independent samples."""
+    from scipy.stats import ttest_ind
+
+    ci = ttest_ind(ours, refs, equal_var=False).confidence_interval(0.95)
+    return statistics.mean(ours) - statistics.mean(refs), float(ci.low), float(ci.high)
+
+
 def median(values) -> float:
     return statistics.median(values)
 
@@ -378,6 +387,10 @@ def main() -> int:
                 statistics.mean(r["test_auc"] for r in refs) if refs else None, "", True, "no worse")
             print("   per seed: cxrlab " + ", ".join(f"{o['test_auc']:.3f}" for o in ours)
                   + ("; Keras " + ", ".join(f"{r['test_auc']:.3f}" for r in refs) if refs else ""), flush=True)
+            if refs and repeats > 1:
+                d, lo, hi = auc_difference([o["test_auc"] for o in ours], [r["test_auc"] for r in refs])
+                print(f"   cxrlab - Keras: {d:+.3f}, 95% CI {lo:+.3f} to {hi:+.3f} (Welch; the seeds differ "
+                      "between frameworks, so the sides are independent samples)", flush=True)
         if "frozen" in rows:
             recompute = median(frozen_transfer(source, positive, negative, work, epochs, False) for _ in range(repeats))
             cached = median(frozen_transfer(source, positive, negative, work, epochs, True) for _ in range(repeats))

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 
@@ -38,3 +40,13 @@ def test_speed_levers_table_has_every_lever():
     assert len(names) == 8 and names[0].startswith("all of") and names[-1].startswith("- malloc"), out.stdout
     assert any(name.startswith("- CPU kernels") for name in names), out.stdout
     assert all(float(c) > 0 for row in rows for c in row.split("|")[2:4])
+
+
+def test_auc_difference_is_welchs_interval():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from speed import auc_difference
+
+    d, lo, hi = auc_difference([0.80, 0.82, 0.78, 0.81], [0.70, 0.74, 0.72, 0.69])
+    assert d == pytest.approx(0.09) and lo < d < hi and lo > 0  # clearly better: the CI excludes 0
+    d, lo, hi = auc_difference([0.70, 0.90, 0.75], [0.80, 0.72, 0.85])
+    assert lo < 0 < hi  # noise: the CI spans 0
