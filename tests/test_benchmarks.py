@@ -50,3 +50,11 @@ def test_auc_difference_is_welchs_interval():
     assert d == pytest.approx(0.09) and lo < d < hi and lo > 0  # clearly better: the CI excludes 0
     d, lo, hi = auc_difference([0.70, 0.90, 0.75], [0.80, 0.72, 0.85])
     assert lo < 0 < hi  # noise: the CI spans 0
+
+
+def test_accuracy_training_seeds_start_at_the_split_seed():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from accuracy import training_seeds
+
+    assert training_seeds(2, 1) == [2]  # one run per split: the runs BENCHMARKS.md recorded before
+    assert training_seeds(2, 3) == [2, 1002, 2002]
