@@ -6,8 +6,8 @@ BENCH_VENV ?= .venv-bench
 
 .PHONY: demo test setup bench-env clean
 
-# No pip wheel cache: the CUDA build of torch and TensorFlow would otherwise sit on disk twice (about
-# 4 GB more); a CI run once failed with 'No space left on device' while installing.
+# No pip wheel cache: the CUDA build of torch and TensorFlow would otherwise sit on disk twice (as
+# downloaded wheels and installed); a CI run once failed with 'No space left on device' while installing.
 export PIP_NO_CACHE_DIR := 1
 
 $(BIN)/.installed: pyproject.toml

@@ -148,7 +148,7 @@ def test_schedule_settings_out_of_range_are_refused(demo_dir, tmp_path, key, val
 
 @pytest.mark.parametrize("lr_patience", [0, 1])
 def test_lr_patience_0_keeps_the_lesson_constant_rate(demo_dir, tmp_path, lr_patience):
-    # a learning rate too small to move the weights: validation never improves after epoch 1
+    # a learning rate too small to matter: after epoch 1, val loss never beats the scheduler's 1e-4 threshold
     run = train(config(demo_dir, tmp_path, epochs=4, lr=1e-6, min_lr=0.0, lr_patience=lr_patience,
                        monitor="val_loss"), tmp_path / "run")
     lrs = run.history["lr"].tolist()
