@@ -48,10 +48,8 @@ def training_seeds(split_seed: int, count: int) -> list[int]:
     return [split_seed + 1000 * m for m in range(count)]
 
 
-def run_one(task: str, recipe: str, seed: int, workdir: Path, cache: str, extra: dict,
-            train_seed: int | None = None) -> dict:
+def run_one(task: str, recipe: str, seed: int, train_seed: int, workdir: Path, cache: str, extra: dict) -> dict:
     base = TrainConfig(**TASKS[task], data=DataConfig(cache_dir=cache))
-    train_seed = seed if train_seed is None else train_seed
     cfg = with_overrides(base, **{**RECIPES[recipe], **(extra if recipe == "default" else {})},
                          seed=train_seed, split_seed=seed)
     t0 = time.perf_counter()
@@ -87,7 +85,7 @@ def main() -> int:
                 for recipe in args.recipes.split(",") for seed in map(int, args.seeds.split(","))
                 for train_seed in training_seeds(seed, args.train_seeds)]
         for task, recipe, seed, train_seed in runs:
-            r = run_one(task, recipe, seed, Path(tmp), str(Path(tmp) / "cache"), extra, train_seed)
+            r = run_one(task, recipe, seed, train_seed, Path(tmp), str(Path(tmp) / "cache"), extra)
             results.append(r)
             print(f"{task:14} {recipe:8} split {seed} training seed {train_seed}: AUC {r['auc']:.3f} "
                   f"[{r['auc_ci'][0]:.3f}, {r['auc_ci'][1]:.3f}]  acc {r['accuracy']:.3f} "

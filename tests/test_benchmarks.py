@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+sys.path.insert(0, str(ROOT / "benchmarks"))  # speed.py and accuracy.py, for their helpers
 
 
 def test_speed_benchmark_smoke_runs_both_sides(tmp_path):
@@ -43,7 +44,6 @@ def test_speed_levers_table_has_every_lever():
 
 
 def test_auc_difference_is_welchs_interval():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from speed import auc_difference
 
     d, lo, hi = auc_difference([0.80, 0.82, 0.78, 0.81], [0.70, 0.74, 0.72, 0.69])
@@ -53,7 +53,6 @@ def test_auc_difference_is_welchs_interval():
 
 
 def test_accuracy_training_seeds_start_at_the_split_seed():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from accuracy import training_seeds
 
     assert training_seeds(2, 1) == [2]  # one run per split: the runs BENCHMARKS.md recorded before
