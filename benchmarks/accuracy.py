@@ -24,6 +24,7 @@ import yaml
 
 from cxrlab.config import DataConfig, TrainConfig, with_overrides
 from cxrlab.evaluation import binary_metrics, bootstrap_ci, predict_split
+from cxrlab.evaluation.predict import run_tta
 from cxrlab.evaluation.thresholds import choose_threshold
 from cxrlab.training import train
 
@@ -34,11 +35,12 @@ TASKS = {
     "kermany": dict(source=str(SHARED / "kermany-pneumonia"), positive="PNEUMONIA", negative=["NORMAL"]),
 }
 # (a) the lesson: seed-cnn, per-image standardisation, 256 px, Adam, batch 16, 10 epochs, best val
-# loss, no augmentation, no class weights, a constant learning rate.
+# loss, no augmentation, no class weights, a constant learning rate, plain-image scores.
 SEED_RECIPE = dict(model="seed-cnn", epochs=10, batch_size=16, lr=1e-3, class_weights=False, monitor="val_loss",
                    early_stopping=0, lr_patience=0, augment=False, image_size=256, normalization="standardize",
-                   precision="fp32", max_train_images=0, ema_decay=0.0)
-# (b) cxrlab's default: the TrainConfig defaults (what `cxrlab train` does with no options).
+                   precision="fp32", max_train_images=0, ema_decay=0.0, tta=0)
+# (b) cxrlab's default: the TrainConfig defaults (what `cxrlab train` does with no options), scored
+# as cxrlab scores its runs (8 test-time views; `--set tta=0` for the plain image).
 DEFAULT_RECIPE: dict = {}
 RECIPES = {"seed": SEED_RECIPE, "default": DEFAULT_RECIPE}
 
@@ -62,7 +64,7 @@ def run_one(task: str, recipe: str, seed: int, train_seed: int, workdir: Path, c
     auc, lo, hi = bootstrap_ci(test["y"].to_numpy(), test["score"].to_numpy(), test["patient"].to_numpy())
     return {"task": task, "recipe": recipe, "seed": seed, "train_seed": train_seed, "auc": auc, "auc_ci": [lo, hi], **{
         k: m[k] for k in ("accuracy", "majority_rate", "sensitivity", "specificity", "threshold", "n", "positives")},
-        "epochs_run": run.info["epochs_run"], "best_epoch": run.best_epoch, "wall_s": wall}
+        "tta": run_tta(run.config), "epochs_run": run.info["epochs_run"], "best_epoch": run.best_epoch, "wall_s": wall}
 
 
 def main() -> int:
@@ -90,7 +92,7 @@ def main() -> int:
             print(f"{task:14} {recipe:8} split {seed} training seed {train_seed}: AUC {r['auc']:.3f} "
                   f"[{r['auc_ci'][0]:.3f}, {r['auc_ci'][1]:.3f}]  acc {r['accuracy']:.3f} "
                   f"(majority {r['majority_rate']:.3f})  sens {r['sensitivity']:.2f} spec {r['specificity']:.2f}  "
-                  f"epochs {r['epochs_run']}  {r['wall_s']:.0f}s", flush=True)
+                  f"epochs {r['epochs_run']}  views {r['tta']}  {r['wall_s']:.0f}s", flush=True)
             if args.out:
                 args.out.write_text(json.dumps(results, indent=1))
     print("\n| task | recipe | mean test AUC | spread (min-max) | mean acc (majority) | mean sens / spec | mean wall s |")

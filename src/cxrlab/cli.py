@@ -144,6 +144,8 @@ def train(
                                                   help="Frozen backbone, no augmentation: compute features once."),
     image_size: Optional[int] = typer.Option(None), normalization: Optional[str] = typer.Option(None),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment"),
+    tta: Optional[int] = typer.Option(None, help="Test-time views averaged when this run scores images (default 8; "
+                                      "none when trained without augmentation)."),
     split_scheme: Optional[str] = typer.Option(None), split_seed: Optional[int] = typer.Option(None),
     val_fraction: Optional[float] = typer.Option(None, help="Overrides the split scheme's validation share."),
     test_fraction: Optional[float] = typer.Option(None, help="Overrides the split scheme's test share."),
@@ -180,7 +182,7 @@ _TRAIN_FLAGS = {"positive", "images", "split_file", "model", "pretrained", "weig
                 "trainable_blocks", "epochs", "max_train_images", "batch_size", "lr", "weight_decay", "grad_clip", "ema_decay",
                 "dropout", "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "seed", "shuffle_labels",
                 "deterministic", "device", "precision", "workers", "devices", "finetune_epochs", "finetune_blocks",
-                "finetune_lr_factor", "cache_features", "image_size", "normalization", "augment",
+                "finetune_lr_factor", "cache_features", "image_size", "normalization", "augment", "tta",
                 "split_scheme", "split_seed", "val_fraction", "test_fraction", "val_policy", "on_bad_image", "cache_dir"}
 
 
@@ -197,7 +199,8 @@ def evaluate(
     split: str = typer.Option("test", help="test, val or all."),
     threshold: Optional[str] = typer.Option(None, help="Threshold policy, chosen on validation data: 0.5, youden, "
                                             "sensitivity:0.95 (default), fixed:X. Stored in the run."),
-    tta: int = typer.Option(0, help="Average over this many augmented copies of each image."),
+    tta: Optional[int] = typer.Option(None, help="Average the plain image and this many fixed augmented views "
+                                      "(default: the run's --tta; 0 for runs trained without augmentation)."),
     calibrate: bool = typer.Option(False, help="Fit temperature scaling on validation data."),
     resamples: int = typer.Option(1000, help="Patient-level bootstrap resamples for the CIs."),
 ):

@@ -135,6 +135,9 @@ class TrainConfig:
     lr_patience: int = 2  # epochs without improvement before lr x lr_factor; 0 = off (the lesson's constant lr)
     lr_factor: float = 0.5
     min_lr: float = 1e-6
+    # test-time augmentation: scores average the plain image and this many fixed views within the
+    # augmentation ranges (evaluation, predict, serve); runs trained without augmentation use none
+    tta: int = 8
     shuffle_labels: bool = False  # sanity-check runs only: permute the training labels (Adebayo et al.)
     seed: int = 0
     deterministic: bool = False
@@ -156,6 +159,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if int(self.tta) < 0:
+            raise ConfigError(f"tta must be 0 (the plain image) or more, got {self.tta}")
         if not 0 <= float(self.ema_decay) < 1:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not self.lr > 0:

@@ -17,7 +17,7 @@ from ..runs import RunDir
 from . import plots
 from .calibration import apply_temperature, calibration_summary, fit_temperature
 from .metrics import binary_metrics, bootstrap_ci, sensitivity_at, specificity_at
-from .predict import load_run_model, run_data, score_split
+from .predict import load_run_model, run_data, run_tta, score_split
 from .thresholds import choose_threshold
 
 DEFAULT_POLICY = "sensitivity:0.95"  # screening first: miss few sick patients
@@ -33,10 +33,12 @@ def _json_safe(obj):
     return obj
 
 
-def choose_operating_point(run: RunDir, val: pd.DataFrame, policy: str | None, calibrate: bool) -> dict:
-    """Pick (and store) the threshold on validation scores. Without a policy, a stored one is reused."""
+def choose_operating_point(run: RunDir, val: pd.DataFrame, policy: str | None, calibrate: bool, tta: int = 0) -> dict:
+    """Pick (and store) the threshold on validation scores. Without a policy, a stored one is reused
+    if it was chosen on scores made the same way (the same test-time views)."""
     stored = json.loads(run.threshold.read_text()) if run.threshold.exists() else None
-    if policy is None and stored is not None and (not calibrate or stored.get("temperature")):
+    same_scores = stored is not None and stored.get("tta", 0) == tta
+    if policy is None and same_scores and (not calibrate or stored.get("temperature")):
         return stored
     policy = policy or (stored or {}).get("policy") or DEFAULT_POLICY
     y, score = val["y"].to_numpy(), val["score"].to_numpy()
@@ -44,13 +46,13 @@ def choose_operating_point(run: RunDir, val: pd.DataFrame, policy: str | None, c
     if temperature:
         score = apply_temperature(score, temperature)
     point = {"policy": policy, "threshold": choose_threshold(policy, y, score), "temperature": temperature,
-             "chosen_on": "val", "val_images": int(len(y)), "val_positives": int(y.sum())}
+             "tta": tta, "chosen_on": "val", "val_images": int(len(y)), "val_positives": int(y.sum())}
     run.threshold.write_text(json.dumps(point, indent=2))
     return point
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
-                 policy: str | None = None, tta: int = 0, calibrate: bool = False,
+                 policy: str | None = None, tta: int | None = None, calibrate: bool = False,
                  n_resamples: int = 1000, seed: int = 0) -> dict:
     """Evaluate a run on its own `split` (or on every image of another data set `data`) and write
     eval/<split>/ into the run directory. Returns the metrics dictionary (also metrics.json)."""
@@ -59,17 +61,18 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
         raise CxrlabError(f"--split must be test, val or all, got {split!r}")
     model, cfg = load_run_model(run)
     own = run_data(run, cfg)
-    val = score_split(model, cfg, own, "val", tta, seed)
-    point = choose_operating_point(run, val, policy, calibrate)
+    tta = run_tta(cfg) if tta is None else tta
+    val = score_split(model, cfg, own, "val", tta)
+    point = choose_operating_point(run, val, policy, calibrate, tta)
     if data is not None:
         try:
             other = load_data(data, cfg.positive, cfg.negative, None, cfg.data)
         except DataError as exc:
             raise DataError(f"{data} does not fit this run's task ({cfg.positive} vs "
                             f"{' / '.join(cfg.negative or ['normal'])}): {exc}") from None
-        scored, split = score_split(model, cfg, other, "all", tta, seed), "external" if split == "test" else split
+        scored, split = score_split(model, cfg, other, "all", tta), "external" if split == "test" else split
     else:
-        scored = score_split(model, cfg, own, split, tta, seed)
+        scored = score_split(model, cfg, own, split, tta)
     if point.get("temperature"):
         scored["score"] = apply_temperature(scored["score"].to_numpy(), point["temperature"])
     threshold = point["threshold"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +12,13 @@ from torch.utils.data import DataLoader
 from ..checkpoint import load_state_dict
 from ..config import TrainConfig, load_yaml
 from ..data import LoadedData, load_data
-from ..data.augment import build_augment
-from ..data.dataset import make_collate
+from ..data.augment import mean_over_views, tta_views, with_views
+from ..data.preprocess import normalize
 from ..errors import CxrlabError
 from ..models import create_model
 from ..runs import RunDir
-from ..training.device import select_device
-from ..training.trainer import model_spec, predict_scores
+from ..training.device import autocast, select_device
+from ..training.trainer import model_spec
 
 
 def load_run_model(run_dir: str | Path, device: str = "auto"):
@@ -40,28 +39,40 @@ def run_data(run_dir: str | Path, cfg: TrainConfig) -> LoadedData:
     return load_data(cfg.source, cfg.positive, cfg.negative, cfg.images_dir, cfg.data, split_file=RunDir(run_dir).split)
 
 
-def score_split(model, cfg: TrainConfig, data: LoadedData, split: str, tta: int = 0, seed: int = 0) -> pd.DataFrame:
+def score_split(model, cfg: TrainConfig, data: LoadedData, split: str, tta: int | None = None) -> pd.DataFrame:
     """path, patient, y, score for one split ('all' for every image). With tta=N the score is the
-    mean probability over the plain image and N augmented copies (the run's augmentation ranges)."""
+    mean probability over the plain image and N fixed views within the run's augmentation ranges
+    (None: the run's own setting, `run_tta`)."""
     frame = data.frame if split == "all" else data.frame[data.frame["split"] == split]
     frame = frame[["path", "patient", "y", "row"]].reset_index(drop=True)
     spec = model_spec(cfg)
     dataset = data.dataset("train")  # any split: we set the rows ourselves
     dataset.indices = frame["row"].to_numpy()
-    collate = make_collate(spec.normalization, spec.in_chans)
+    dataset.augment = None
+    views = tta_views(cfg.data.augment, run_tta(cfg) if tta is None else tta)
     device = next(model.parameters()).device
-    passes = []
-    for i in range(tta + 1):
-        dataset.augment = None if i == 0 else build_augment(dataclasses.replace(cfg.data.augment, enabled=True))
-        torch.manual_seed(seed + i)
-        loader = DataLoader(dataset, batch_size=64, collate_fn=collate, generator=torch.Generator())
-        passes.append(predict_scores(model, loader, device, cfg.precision)[1])
-    frame["score"] = np.mean(passes, axis=0) if len(frame) else np.zeros(0)
+    scores = []
+    for images, _ in DataLoader(dataset, batch_size=max(1, 64 // (1 + len(views))), collate_fn=_stack):
+        x = normalize(with_views(images, views), spec.normalization, spec.in_chans)
+        with torch.no_grad(), autocast(device, cfg.precision):
+            logits = model(x.to(device, memory_format=torch.channels_last)).float().reshape(-1)
+        scores.append(mean_over_views(torch.sigmoid(logits).cpu(), len(views)))
+    frame["score"] = torch.cat(scores).numpy() if scores else np.zeros(0)
     return frame.drop(columns="row")
 
 
+def run_tta(cfg: TrainConfig) -> int:
+    """Test-time views a run is scored with: its `tta` setting when it trained with augmentation
+    (the views come from the same ranges); a run trained without augmentation sees the plain image."""
+    return cfg.tta if cfg.data.augment.enabled else 0
+
+
+def _stack(batch):
+    return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+
+
 def predict_split(run_dir: str | Path, split: str = "test", data: LoadedData | None = None,
-                  device: str = "auto", tta: int = 0) -> pd.DataFrame:
+                  device: str = "auto", tta: int | None = None) -> pd.DataFrame:
     """Scores for one split of the run's own data (or of `data`)."""
     model, cfg = load_run_model(run_dir, device)
     return score_split(model, cfg, data if data is not None else run_data(run_dir, cfg), split, tta)

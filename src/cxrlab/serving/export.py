@@ -33,6 +33,10 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     if fmt not in ("onnx", "torchscript"):
         raise ConfigError(f"--format must be onnx or torchscript, got {fmt!r}")
     predictor = Predictor(run_dir, device="cpu")
+    if predictor.views:
+        raise ConfigError(f"{predictor.run.path}: its scores average {len(predictor.views)} test-time views, which an "
+                          f"exported model does not compute; choose a threshold on plain scores first with "
+                          f"`cxrlab evaluate {run_dir} --tta 0`, then export")
     out = Path(out) if out else predictor.run.path / "export"
     out.mkdir(parents=True, exist_ok=True)
     size, chans = predictor.spec.image_size, predictor.spec.in_chans

@@ -13,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.augment import mean_over_views, tta_views, with_views
 from ..data.images import decode_image, read_image
 from ..data.preprocess import normalize
 from ..errors import CxrlabError
+from ..evaluation.calibration import apply_temperature
+from ..evaluation.predict import run_tta
 from ..runs import RunDir
 
 log = logging.getLogger("cxrlab.serve")
@@ -49,13 +52,17 @@ class Predictor:
         self.threshold = float(point.get("threshold", 0.5))
         self.policy = point.get("policy", "0.5 (run not evaluated: `cxrlab evaluate` stores a validated threshold)")
         self.temperature = point.get("temperature")
+        # score as the stored threshold was chosen: with its test-time views (none for thresholds
+        # stored before views existed), or the run's own setting when it has no threshold yet
+        self.views = tta_views(self.cfg.data.augment, int(point.get("tta", 0)) if point else run_tta(self.cfg))
         self.positive = self.cfg.positive
         self.negative = "/".join(self.cfg.negative or ["normal"])
         info = self.run.read_info() if self.run.info.exists() else {}
         self.card = {"model": self.spec.name, "task": {"positive": self.positive, "negative": self.negative},
                      "input": {"size": self.spec.image_size, "channels": self.spec.in_chans,
                                "normalization": self.spec.normalization},
-                     "threshold": self.threshold, "policy": self.policy, "trained_on": info.get("counts"),
+                     "threshold": self.threshold, "policy": self.policy, "test_time_views": len(self.views),
+                     "trained_on": info.get("counts"),
                      "intended_use": "Teaching and research only. Not a medical device; not for diagnosis.",
                      "limitations": "Trained on a small public data set; performance on other hospitals, "
                                     "devices, ages or views is unknown."}
@@ -85,15 +92,15 @@ class Predictor:
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """N x S x S uint8 -> N probabilities (temperature-scaled when the run was calibrated)."""
-        batch = normalize(torch.from_numpy(np.array(pixels)).unsqueeze(1), self.spec.normalization, self.spec.in_chans)
+        images = with_views(torch.from_numpy(np.array(pixels)).unsqueeze(1), self.views)
+        batch = normalize(images, self.spec.normalization, self.spec.in_chans)
         if self.session is not None:
             logits = torch.from_numpy(self.session.run(None, {"image": batch.numpy()})[0]).reshape(-1)
         else:
             with torch.no_grad():
                 logits = self.model(batch.to(self.device, memory_format=torch.channels_last)).float().reshape(-1)
-        if self.temperature:
-            logits = logits / self.temperature
-        return torch.sigmoid(logits).cpu().numpy()
+        probs = mean_over_views(torch.sigmoid(logits).cpu(), len(self.views)).numpy()
+        return apply_temperature(probs, self.temperature) if self.temperature else probs
 
     def heatmap(self, pixels: np.ndarray, method: str = "gradcam") -> np.ndarray:
         return self.heatmaps(pixels[None], method)[0]

@@ -1,0 +1,114 @@
+"""Test-time augmentation: fixed views, the same score wherever an image is scored, and thresholds
+chosen on scores made the same way."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import lesson_config
+from cxrlab.config import AugmentConfig, TrainConfig
+from cxrlab.data.augment import mean_over_views, tta_views, with_views
+from cxrlab.demo import make_demo_data
+from cxrlab.errors import ConfigError
+from cxrlab.training import train
+
+
+@pytest.fixture(scope="module")
+def augmented_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tta")
+    data = make_demo_data(tmp / "d", n_patients=60, size=96)
+    cfg = lesson_config(data, 96, 4, tmp / "cache", precision="fp32")
+    cfg.data.augment = dataclasses.replace(cfg.data.augment, enabled=True)
+    return train(cfg, tmp / "run").dir.path
+
+
+def test_views_are_fixed_by_the_seed_and_stay_in_the_training_ranges():
+    cfg = AugmentConfig()
+    views = tta_views(cfg, 8)
+    assert views == tta_views(cfg, 8) and views != tta_views(cfg, 8, seed=1) and len(views) == 8
+    for v in views:
+        assert abs(v.angle) <= cfg.rotation and abs(v.shear) <= cfg.shear and not v.flip
+        assert all(abs(t) <= cfg.shift for t in v.translate) and abs(v.scale - 1) <= cfg.zoom
+        assert abs(v.brightness - 1) <= cfg.brightness and abs(v.contrast - 1) <= cfg.contrast
+    assert any(v.flip for v in tta_views(dataclasses.replace(cfg, hflip=True), 8))
+    assert len({v.angle for v in views}) == 8  # eight different views, not one repeated
+
+
+def test_each_view_is_applied_alike_to_every_image_of_a_batch():
+    batch = torch.randint(0, 256, (3, 1, 64, 64), dtype=torch.uint8)
+    views = tta_views(AugmentConfig(), 4)
+    together = with_views(batch, views)
+    assert together.shape == (15, 1, 64, 64) and together.dtype == torch.uint8
+    assert torch.equal(together[:3], batch)
+    for i in range(3):
+        alone = with_views(batch[i:i + 1], views)
+        assert torch.equal(together[i::3], alone)
+    assert not torch.equal(together[3:6], batch)  # the views do change the images
+    assert torch.equal(mean_over_views(torch.arange(15.0), 4), torch.tensor([6.0, 7.0, 8.0]))
+
+
+def test_no_ranges_means_views_equal_to_the_image():
+    still = AugmentConfig(rotation=0, shift=0, zoom=0, shear=0, brightness=0, contrast=0)
+    batch = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    out = with_views(batch, tta_views(still, 3))
+    assert all(torch.equal(out[2 * k:2 * k + 2], batch) for k in range(4))
+
+
+def test_runs_use_views_only_when_they_trained_with_augmentation(augmented_run):
+    from cxrlab.evaluation.predict import run_tta
+
+    assert run_tta(TrainConfig()) == 8
+    off = TrainConfig()
+    off.data.augment.enabled = False
+    assert run_tta(off) == 0
+    with pytest.raises(ConfigError, match="tta"):
+        TrainConfig(tta=-1)
+
+
+def test_an_images_score_does_not_depend_on_where_it_is_scored(augmented_run):
+    from cxrlab.evaluation.predict import load_run_model, run_data, score_split
+    from cxrlab.serving import Predictor
+
+    model, cfg = load_run_model(augmented_run, "cpu")
+    scored = score_split(model, cfg, run_data(augmented_run, cfg), "test")
+    plain = score_split(model, cfg, run_data(augmented_run, cfg), "test", tta=0)
+    assert not np.allclose(scored["score"], plain["score"])
+    pred = Predictor(augmented_run, device="cpu")
+    assert len(pred.views) == 8  # not evaluated yet: the run's own setting
+    one_by_one = [pred.probabilities(pred.pixels(p)[None])[0] for p in scored["path"].iloc[:5]]
+    assert np.allclose(one_by_one, scored["score"].iloc[:5], atol=1e-5)
+
+
+def test_the_threshold_is_chosen_on_scores_made_like_the_ones_it_cuts(augmented_run, tmp_path):
+    import shutil
+
+    from cxrlab.evaluation.evaluate import evaluate_run
+    from cxrlab.serving import Predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(augmented_run, run)
+    m = evaluate_run(run, n_resamples=50)
+    stored = json.loads((run / "threshold.json").read_text())
+    assert m["tta"] == 8 and stored["tta"] == 8 and len(Predictor(run, device="cpu").views) == 8
+    m0 = evaluate_run(run, tta=0, n_resamples=50)  # plain scores: the threshold is chosen again
+    assert m0["tta"] == 0 and json.loads((run / "threshold.json").read_text())["tta"] == 0
+    assert m0["operating_point"]["threshold"] != stored["threshold"]
+    assert Predictor(run, device="cpu").views == []  # and predictions follow the stored threshold's scores
+
+
+def test_export_refuses_a_run_scored_with_views_and_says_how(augmented_run, tmp_path):
+    import shutil
+
+    from cxrlab.evaluation.evaluate import evaluate_run
+    from cxrlab.serving.export import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(augmented_run, run)
+    with pytest.raises(ConfigError, match="--tta 0"):
+        export_run(run, out=tmp_path / "export")
+    evaluate_run(run, tta=0, n_resamples=50)
+    assert export_run(run, out=tmp_path / "export").exists()
+    assert json.loads((tmp_path / "export" / "preprocess.json").read_text())["threshold"] == pytest.approx(
+        json.loads((run / "threshold.json").read_text())["threshold"])
