@@ -112,3 +112,15 @@ def test_export_refuses_a_run_scored_with_views_and_says_how(augmented_run, tmp_
     assert export_run(run, out=tmp_path / "export").exists()
     assert json.loads((tmp_path / "export" / "preprocess.json").read_text())["threshold"] == pytest.approx(
         json.loads((run / "threshold.json").read_text())["threshold"])
+
+
+def test_explain_shows_the_probability_predict_gives(augmented_run):
+    import pandas as pd
+
+    from cxrlab.saliency import explain
+    from cxrlab.serving import Predictor
+
+    paths = pd.read_csv(augmented_run / "split.csv")["path"].iloc[:3].tolist()
+    exp = explain(augmented_run, paths, methods=("gradcam",))
+    pred = Predictor(augmented_run, device="cpu")
+    assert np.allclose(exp.probabilities, [r.probability for r in pred.predict_paths(paths)], atol=1e-6)

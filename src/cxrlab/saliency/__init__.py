@@ -63,6 +63,7 @@ def explain(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | None =
             batch_size: int = 16) -> Explanation:
     """Heatmaps of `methods` for image files (or folders) under a run's model, positive class."""
     from ..evaluation.predict import load_run_model
+    from ..serving.predictor import Predictor
     from ..training.trainer import model_spec
 
     run = RunDir(run_dir)
@@ -74,15 +75,14 @@ def explain(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | None =
     layer = resolve_layer(model, target_layer)
     known = _known_labels(run, cfg)
     maps: dict[str, list] = {m: [] for m in methods}
-    probs = []
     for start in range(0, len(paths), batch_size):
         batch = normalize(torch.from_numpy(pixels[start:start + batch_size]).unsqueeze(1), spec.normalization,
                           spec.in_chans).contiguous()
-        with torch.no_grad():
-            probs.append(torch.sigmoid(model(batch)).reshape(-1).numpy())
         for method in methods:
             maps[method].append(compute_maps(model, batch, method, layer))
-    return Explanation(paths, pixels, np.concatenate(probs), [known.get(str(Path(p).resolve())) for p in paths],
+    # the probability `cxrlab predict` gives (test-time views, calibration), not a second opinion
+    probs = Predictor(run, device="cpu").probabilities(pixels)
+    return Explanation(paths, pixels, probs, [known.get(str(Path(p).resolve())) for p in paths],
                        {m: np.concatenate(v) for m, v in maps.items()}, sizes)
 
 
@@ -113,6 +113,7 @@ def sanity_check(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | N
                  out: str | Path | None = None, max_images: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cascading model-parameter randomisation for each method; table and verdicts (and figure)."""
     from ..evaluation.predict import load_run_model
+    from ..serving.predictor import Predictor
     from ..training.trainer import model_spec
     from .figures import sanity_figure
     from .sanity import cascading_randomization, verdicts
