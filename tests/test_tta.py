@@ -98,7 +98,7 @@ def test_the_threshold_is_chosen_on_scores_made_like_the_ones_it_cuts(augmented_
     assert Predictor(run, device="cpu").views == []  # and predictions follow the stored threshold's scores
 
 
-def test_export_refuses_a_run_scored_with_views_and_says_how(augmented_run, tmp_path):
+def test_export_gets_a_threshold_chosen_on_plain_scores(augmented_run, tmp_path):
     import shutil
 
     from cxrlab.evaluation.evaluate import evaluate_run
@@ -106,12 +106,14 @@ def test_export_refuses_a_run_scored_with_views_and_says_how(augmented_run, tmp_
 
     run = tmp_path / "run"
     shutil.copytree(augmented_run, run)
-    with pytest.raises(ConfigError, match="--tta 0"):
-        export_run(run, out=tmp_path / "export")
-    evaluate_run(run, tta=0, n_resamples=50)
-    assert export_run(run, out=tmp_path / "export").exists()
-    assert json.loads((tmp_path / "export" / "preprocess.json").read_text())["threshold"] == pytest.approx(
-        json.loads((run / "threshold.json").read_text())["threshold"])
+    evaluate_run(run, n_resamples=50)
+    with_views = json.loads((run / "threshold.json").read_text())
+    export_run(run, out=tmp_path / "export")
+    exported = json.loads((tmp_path / "export" / "preprocess.json").read_text())
+    assert json.loads((run / "threshold.json").read_text()) == with_views  # the run's own stays
+    plain = evaluate_run(run, tta=0, n_resamples=50)["operating_point"]
+    assert exported["threshold"] == pytest.approx(plain["threshold"]) != with_views["threshold"]
+    assert exported["policy"] == with_views["policy"] and exported["test_time_views"] == 0
 
 
 def test_explain_shows_the_probability_predict_gives(augmented_run):
@@ -124,3 +126,16 @@ def test_explain_shows_the_probability_predict_gives(augmented_run):
     exp = explain(augmented_run, paths, methods=("gradcam",))
     pred = Predictor(augmented_run, device="cpu")
     assert np.allclose(exp.probabilities, [r.probability for r in pred.predict_paths(paths)], atol=1e-6)
+
+
+def test_choosing_again_for_other_views_keeps_the_calibration(augmented_run, tmp_path):
+    import shutil
+
+    from cxrlab.evaluation.evaluate import evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(augmented_run, run)
+    calibrated = evaluate_run(run, calibrate=True, n_resamples=50)["operating_point"]
+    plain = evaluate_run(run, tta=0, n_resamples=50)["operating_point"]
+    assert calibrated["temperature"] and plain["temperature"] and plain["tta"] == 0
+    assert plain["policy"] == calibrated["policy"]

@@ -35,20 +35,37 @@ def _json_safe(obj):
 
 def choose_operating_point(run: RunDir, val: pd.DataFrame, policy: str | None, calibrate: bool, tta: int = 0) -> dict:
     """Pick (and store) the threshold on validation scores. Without a policy, a stored one is reused
-    if it was chosen on scores made the same way (the same test-time views)."""
-    stored = json.loads(run.threshold.read_text()) if run.threshold.exists() else None
-    same_scores = stored is not None and stored.get("tta", 0) == tta
+    if it was chosen on scores made the same way (the same test-time views); otherwise its policy and
+    calibration are applied to these scores."""
+    stored = json.loads(run.threshold.read_text()) if run.threshold.exists() else {}
+    same_scores = bool(stored) and stored.get("tta", 0) == tta
     if policy is None and same_scores and (not calibrate or stored.get("temperature")):
         return stored
-    policy = policy or (stored or {}).get("policy") or DEFAULT_POLICY
+    if policy is None:
+        calibrate = calibrate or bool(stored.get("temperature"))
+    point = operating_point(val, policy or stored.get("policy") or DEFAULT_POLICY, calibrate, tta)
+    run.threshold.write_text(json.dumps(point, indent=2))
+    return point
+
+
+def operating_point(val: pd.DataFrame, policy: str, calibrate: bool, tta: int) -> dict:
+    """The threshold of `policy` (and a temperature) on validation scores made with `tta` views."""
     y, score = val["y"].to_numpy(), val["score"].to_numpy()
     temperature = fit_temperature(y, score) if calibrate else None
     if temperature:
         score = apply_temperature(score, temperature)
-    point = {"policy": policy, "threshold": choose_threshold(policy, y, score), "temperature": temperature,
-             "tta": tta, "chosen_on": "val", "val_images": int(len(y)), "val_positives": int(y.sum())}
-    run.threshold.write_text(json.dumps(point, indent=2))
-    return point
+    return {"policy": policy, "threshold": choose_threshold(policy, y, score), "temperature": temperature,
+            "tta": tta, "chosen_on": "val", "val_images": int(len(y)), "val_positives": int(y.sum())}
+
+
+def plain_operating_point(run_dir: str | Path) -> dict:
+    """The run's stored policy and calibration applied to plain-image validation scores: the
+    threshold for an exported model, which scores the plain image. The run's own threshold stays."""
+    run = RunDir(run_dir)
+    stored = json.loads(run.threshold.read_text())
+    model, cfg = load_run_model(run, "cpu")
+    val = score_split(model, cfg, run_data(run, cfg), "val", tta=0)
+    return operating_point(val, stored["policy"], bool(stored.get("temperature")), 0)
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",

@@ -33,10 +33,12 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     if fmt not in ("onnx", "torchscript"):
         raise ConfigError(f"--format must be onnx or torchscript, got {fmt!r}")
     predictor = Predictor(run_dir, device="cpu")
-    if predictor.views:
-        raise ConfigError(f"{predictor.run.path}: its scores average {len(predictor.views)} test-time views, which an "
-                          f"exported model does not compute; choose a threshold on plain scores first with "
-                          f"`cxrlab evaluate {run_dir} --tta 0`, then export")
+    point = {"threshold": predictor.threshold, "policy": predictor.policy, "temperature": predictor.temperature}
+    if predictor.views and predictor.run.threshold.exists():
+        # the exported model scores the plain image: its threshold is chosen on plain validation scores
+        from ..evaluation.evaluate import plain_operating_point
+
+        point = plain_operating_point(predictor.run.path)
     out = Path(out) if out else predictor.run.path / "export"
     out.mkdir(parents=True, exist_ok=True)
     size, chans = predictor.spec.image_size, predictor.spec.in_chans
@@ -51,8 +53,8 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     (out / "preprocess.json").write_text(json.dumps({
         "image_size": size, "channels": chans,
         "normalization": predictor.spec.normalization, "positive": predictor.positive,
-        "negative": predictor.negative, "threshold": predictor.threshold, "policy": predictor.policy,
-        "temperature": predictor.temperature,
+        "negative": predictor.negative, "threshold": point["threshold"], "policy": point["policy"],
+        "temperature": point["temperature"], "test_time_views": 0,
         "resize": "grayscale 8-bit, square bilinear resize (antialiased), as cxrlab.data.images.read_image",
     }, indent=2))
     return path
