@@ -62,14 +62,11 @@ def load_images(paths: list[str], size: int) -> tuple[np.ndarray, list[tuple[int
 def explain(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | None = None,
             batch_size: int = 16) -> Explanation:
     """Heatmaps of `methods` for image files (or folders) under a run's model, positive class."""
-    from ..evaluation.predict import load_run_model
     from ..serving.predictor import Predictor
-    from ..training.trainer import model_spec
 
     run = RunDir(run_dir)
-    model, cfg = load_run_model(run, device="cpu")
-    model = explainable_copy(model).float()
-    spec = model_spec(cfg)
+    predictor = Predictor(run, device="cpu")  # its model, and the probability `cxrlab predict` gives
+    model, cfg, spec = explainable_copy(predictor.model).float(), predictor.cfg, predictor.spec
     paths = expand_paths(images)
     pixels, sizes = load_images(paths, spec.image_size)
     layer = resolve_layer(model, target_layer)
@@ -81,7 +78,7 @@ def explain(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | None =
         for method in methods:
             maps[method].append(compute_maps(model, batch, method, layer))
     # the probability `cxrlab predict` gives (test-time views, calibration), not a second opinion
-    probs = Predictor(run, device="cpu").probabilities(pixels)
+    probs = predictor.probabilities(pixels)
     return Explanation(paths, pixels, probs, [known.get(str(Path(p).resolve())) for p in paths],
                        {m: np.concatenate(v) for m, v in maps.items()}, sizes)
 
