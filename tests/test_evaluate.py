@@ -11,7 +11,8 @@ from conftest import lesson_config
 from cxrlab.demo import make_demo_data
 from cxrlab.errors import ConfigError, CxrlabError, DataError
 from cxrlab.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
-from cxrlab.evaluation.metrics import binary_metrics, bootstrap_ci, patient_resamples
+from cxrlab.evaluation.metrics import (auc_weighted, binary_metrics, bootstrap_ci, patient_resamples,
+                                      patient_weights, sensitivity_at, specificity_at)
 from cxrlab.evaluation.thresholds import choose_threshold
 from cxrlab.training import train
 
@@ -59,6 +60,36 @@ def test_patient_resampling_keeps_patients_together():
     for rows in patient_resamples(patients, 50, seed=1):
         counts = pd.Series(patients[rows]).value_counts()
         assert (counts % 3 == 0).all()
+
+
+def test_weighted_bootstrap_equals_scoring_each_resample_with_sklearn():
+    """The vectorised resample metrics give exactly what scikit-learn gives on each resample's rows,
+    with tied scores, patients of several images, and resamples that lose a class."""
+    rng = np.random.default_rng(5)
+    patients = np.repeat(np.arange(12), rng.integers(1, 4, 12))
+    y = (patients < 3).astype(int)  # three positive patients: some resamples draw none
+    score = np.round(np.clip(0.3 * y + rng.normal(0.4, 0.2, len(y)), 0, 1), 1)  # coarse: many ties
+    weights = patient_weights(patients, 300, seed=2)
+    auc, sens, spec = (f(y, score, weights) for f in (auc_weighted, sensitivity_at(0.5), specificity_at(0.5)))
+    skipped = 0
+    for i, rows in enumerate(patient_resamples(patients, 300, seed=2)):
+        assert np.array_equal(np.bincount(rows, minlength=len(y)), weights[i])
+        if len(np.unique(y[rows])) < 2:
+            assert np.isnan(auc[i])
+            skipped += 1
+            continue
+        assert auc[i] == pytest.approx(roc_auc_score(y[rows], score[rows]), abs=1e-12)
+        assert sens[i] == pytest.approx(recall_score(y[rows], score[rows] >= 0.5), abs=1e-12)
+        assert spec[i] == pytest.approx(recall_score(1 - y[rows], score[rows] < 0.5), abs=1e-12)
+    assert skipped > 0  # the case of a resample without positives was exercised
+    point, low, high = bootstrap_ci(y, score, patients, n_resamples=300, seed=2)
+    assert point == pytest.approx(roc_auc_score(y, score))
+    kept = auc[~np.isnan(auc)]
+    assert (low, high) == pytest.approx(tuple(np.quantile(kept, [0.025, 0.975])))
+
+
+def test_bootstrap_ci_of_one_class_is_nan():
+    assert all(np.isnan(bootstrap_ci(np.zeros(6), np.linspace(0, 1, 6), np.arange(6))))
 
 
 @pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 1.0])
