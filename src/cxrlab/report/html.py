@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from matplotlib import cm
 from PIL import Image
 
 from ..data.images import read_image
 from ..errors import CxrlabError
 from ..runs import RunDir
+from ..saliency.figures import blend
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#1d2430}
@@ -37,11 +37,10 @@ def _file_img(path: Path, alt: str) -> str:
 
 
 def _blend(gray: np.ndarray, cam: np.ndarray | None, alpha: float = 0.4) -> Image.Image:
-    image = Image.fromarray(gray).convert("RGB")
     if cam is None:
-        return image
-    heat = (cm.jet(np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize(image.size)) / 255.0)[..., :3] * 255)
-    return Image.fromarray((np.asarray(image) * (1 - alpha) + heat * alpha).astype(np.uint8))
+        return Image.fromarray(gray).convert("RGB")
+    cam = np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize(gray.shape[::-1])) / 255.0
+    return Image.fromarray((blend(gray, cam, alpha) * 255).astype(np.uint8))
 
 
 def _thumb(path: str, caption: str, cam: np.ndarray | None = None) -> str:
