@@ -7,13 +7,28 @@
     maps = cxrlab.explain("runs/effusion", ["chest_xrays/effusion/00000013_005.png"], ["gradcam"]).maps
 """
 
-from .config import AugmentConfig, DataConfig, TrainConfig
-from .data import LoadedData, load_data
-from .errors import ConfigError, CxrlabError, DataError, ImageReadError
-from .evaluation.evaluate import evaluate_run as evaluate
-from .saliency import explain
-from .training import Run, train
+from importlib import import_module
 
 __version__ = "0.1.0"
-__all__ = ["load_data", "LoadedData", "DataConfig", "AugmentConfig", "train", "TrainConfig", "Run", "evaluate", "explain",
-           "CxrlabError", "DataError", "ImageReadError", "ConfigError"]
+
+# Names load on first use (PEP 562), so `cxrlab --help` and light commands do not pay for torch,
+# scikit-learn and matplotlib: importing them all took 16 s on the 2-core machine.
+_EXPORTS = {
+    "load_data": ".data", "LoadedData": ".data", "DataConfig": ".config", "AugmentConfig": ".config",
+    "train": ".training", "TrainConfig": ".config", "Run": ".training", "evaluate": ".evaluation.evaluate",
+    "explain": ".saliency", "CxrlabError": ".errors", "DataError": ".errors", "ImageReadError": ".errors",
+    "ConfigError": ".errors",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cxrlab' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), "evaluate_run" if name == "evaluate" else name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
