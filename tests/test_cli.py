@@ -15,6 +15,14 @@ def test_help_lists_commands():
     assert result.exit_code == 0 and "demo" in result.output and "data" in result.output
 
 
+def test_cli_starts_without_the_heavy_libraries():
+    """`cxrlab --help` must not import torch, scikit-learn or matplotlib (20 s on 2 slow cores)."""
+    code = ("import sys, cxrlab, cxrlab.cli; heavy = [m for m in ('torch', 'sklearn', 'matplotlib', 'pandas') "
+            "if m in sys.modules]; assert not heavy, heavy; cxrlab.TrainConfig; assert 'torch' not in sys.modules; "
+            "assert callable(cxrlab.train) and callable(cxrlab.evaluate) and 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_data_summary_writes_json_and_plots(tmp_path, flat_folders):
     out = tmp_path / "summary"
     result = runner.invoke(app, ["data", "summary", str(flat_folders), "--out", str(out), "--image-size", "32"])
