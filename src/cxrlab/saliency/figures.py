@@ -36,7 +36,7 @@ def overlay_grid(images: np.ndarray, maps: dict[str, np.ndarray], titles: list[s
             axes[i, j].set_title(method, fontsize=9)
         for ax in axes[i]:
             ax.axis("off")
-    fig.subplots_adjust(left=0.01, right=0.92, bottom=0.02, top=1 - 0.35 / n, wspace=0.04, hspace=0.25)
+    fig.subplots_adjust(left=0.01, right=0.92, bottom=0.02, top=1 - 0.55 / (3.0 * n), wspace=0.04, hspace=0.25)
     fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), cax=fig.add_axes([0.935, 0.15, 0.015, 0.7]),
                  label="saliency (scaled per map)")
     fig.savefig(path, dpi=90)
