@@ -88,7 +88,7 @@ def make_demo_data(out_dir: str | Path, n_patients: int = 160, size: int = 256, 
         for k in range(int(rng.integers(1, 4))):
             img, box = synthetic_xray(rng, size, positive)
             name = f"{patient:08d}_{k:03d}.png"
-            # zlib level 1: a third of the time of the default level 6 for 10% larger files
+            # zlib level 1: about half the time of the default level 6 (4.8 vs 9.0 ms), files about 15% larger
             Image.fromarray(img).save(data_dir / (POSITIVE if positive else NEGATIVE) / name, compress_level=1)
             if box:
                 boxes.append([name, "Effusion", *box])
