@@ -51,14 +51,23 @@ def score_split(model, cfg: TrainConfig, data: LoadedData, split: str, tta: int 
     dataset.augment = None
     views = tta_views(cfg.data.augment, run_tta(cfg) if tta is None else tta)
     device = next(model.parameters()).device
-    scores = []
-    for images, _ in DataLoader(dataset, batch_size=max(1, 64 // (1 + len(views))), collate_fn=_stack):
-        x = normalize(with_views(images, views), spec.normalization, spec.in_chans)
+
+    def forward(x):
         with torch.no_grad(), autocast(device, cfg.precision):
-            logits = model(x.to(device, memory_format=torch.channels_last)).float().reshape(-1)
-        scores.append(mean_over_views(torch.sigmoid(logits).cpu(), len(views)))
+            return model(x.to(device, memory_format=torch.channels_last))
+
+    scores = [probabilities_over_views(forward, images, views, spec)
+              for images, _ in DataLoader(dataset, batch_size=max(1, 64 // (1 + len(views))), collate_fn=_stack)]
     frame["score"] = torch.cat(scores).numpy() if scores else np.zeros(0)
     return frame.drop(columns="row")
+
+
+def probabilities_over_views(forward, images: torch.Tensor, views, spec) -> torch.Tensor:
+    """uint8 N x 1 x H x W -> N probabilities, each the mean over the plain image and `views`.
+    `forward` maps a normalised batch to logits (a PyTorch model or an ONNX Runtime session); the
+    one path for evaluation, `cxrlab predict`, the server and the quiz, so their scores agree."""
+    logits = forward(normalize(with_views(images, views), spec.normalization, spec.in_chans))
+    return mean_over_views(torch.sigmoid(torch.as_tensor(logits).float().reshape(-1)).cpu(), len(views))
 
 
 def run_tta(cfg: TrainConfig) -> int:

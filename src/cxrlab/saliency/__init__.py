@@ -110,7 +110,6 @@ def sanity_check(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | N
                  out: str | Path | None = None, max_images: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cascading model-parameter randomisation for each method; table and verdicts (and figure)."""
     from ..evaluation.predict import load_run_model
-    from ..serving.predictor import Predictor
     from ..training.trainer import model_spec
     from .figures import sanity_figure
     from .sanity import cascading_randomization, verdicts

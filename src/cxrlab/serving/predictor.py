@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.augment import mean_over_views, tta_views, with_views
+from ..data.augment import tta_views
 from ..data.images import decode_image, read_image
 from ..data.preprocess import normalize
 from ..errors import CxrlabError
 from ..evaluation.calibration import apply_temperature
-from ..evaluation.predict import run_tta
+from ..evaluation.predict import probabilities_over_views, run_tta
 from ..runs import RunDir
 
 log = logging.getLogger("cxrlab.serve")
@@ -92,15 +92,15 @@ class Predictor:
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """N x S x S uint8 -> N probabilities (temperature-scaled when the run was calibrated)."""
-        images = with_views(torch.from_numpy(np.array(pixels)).unsqueeze(1), self.views)
-        batch = normalize(images, self.spec.normalization, self.spec.in_chans)
-        if self.session is not None:
-            logits = torch.from_numpy(self.session.run(None, {"image": batch.numpy()})[0]).reshape(-1)
-        else:
-            with torch.no_grad():
-                logits = self.model(batch.to(self.device, memory_format=torch.channels_last)).float().reshape(-1)
-        probs = mean_over_views(torch.sigmoid(logits).cpu(), len(self.views)).numpy()
+        images = torch.from_numpy(np.array(pixels)).unsqueeze(1)
+        probs = probabilities_over_views(self._logits, images, self.views, self.spec).numpy()
         return apply_temperature(probs, self.temperature) if self.temperature else probs
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.session is not None:
+            return torch.from_numpy(self.session.run(None, {"image": batch.numpy()})[0])
+        with torch.no_grad():
+            return self.model(batch.to(self.device, memory_format=torch.channels_last))
 
     def heatmap(self, pixels: np.ndarray, method: str = "gradcam") -> np.ndarray:
         return self.heatmaps(pixels[None], method)[0]
