@@ -104,7 +104,7 @@ def lesson_config(source: str, positive: str, negative: list[str] | None, cache:
     data = kw.pop("data", {})
     return TrainConfig(source=source, positive=positive, negative=negative, model="seed-cnn", epochs=epochs,
                        batch_size=16, class_weights=False, monitor="val_loss", early_stopping=0, lr_patience=0,
-                       max_train_images=0, ema_decay=0.0, **kw,
+                       max_train_images=0, ema_decay=0.0, **{"lr": 1e-3, **kw},
                        data=DataConfig(image_size=data.get("image_size", 256), cache_dir=cache,
                                        normalization=data.get("normalization", "standardize"),
                                        augment=AugmentConfig(enabled=False)))

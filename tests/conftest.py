@@ -86,6 +86,7 @@ def lesson_config(source, image_size: int, epochs: int, cache_dir, **kw):
     fast and deterministic for tests that need a trained run."""
     from cxrlab.config import AugmentConfig, DataConfig, TrainConfig
 
+    kw.setdefault("lr", 1e-3)  # the lesson's rate
     return TrainConfig(source=str(source), positive="effusion", epochs=epochs, model="seed-cnn",
                        monitor="val_loss", early_stopping=0, **kw,
                        data=DataConfig(image_size=image_size, cache_dir=str(cache_dir),

@@ -120,7 +120,8 @@ def train(
     max_train_images: Optional[int] = typer.Option(
         None, help="Training budget: epochs are capped at this many images seen (default 30000; 0: no cap)."),
     batch_size: Optional[int] = typer.Option(None),
-    lr: Optional[float] = typer.Option(None), weight_decay: Optional[float] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None, help="Adam's learning rate (default 3e-4; the lesson's is 1e-3)."),
+    weight_decay: Optional[float] = typer.Option(None),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
     ema_decay: Optional[float] = typer.Option(
         None, help="Validate and keep an exponential moving average of the weights (per-step decay, 0: off)."),

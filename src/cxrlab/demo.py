@@ -122,7 +122,7 @@ def run_demo(out_dir: str | Path = "cxrlab-demo", progress=None, on_epoch=None, 
         on_summary(summary, summary_dir)
     # the lesson's network and recipe (no augmentation, best val loss), so the demo teaches the lesson
     cfg = TrainConfig(source=str(data_dir), positive=POSITIVE, negative=[NEGATIVE], model="seed-cnn",
-                      epochs=DEMO_EPOCHS, monitor="val_loss", early_stopping=0, data=data_cfg)
+                      lr=1e-3, epochs=DEMO_EPOCHS, monitor="val_loss", early_stopping=0, data=data_cfg)
     run = train(cfg, out_dir / "run", overwrite=True, on_epoch=on_epoch)
     from .evaluation.evaluate import evaluate_run
     from .report import write_report
