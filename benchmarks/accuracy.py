@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from cxrlab.config import DataConfig, TrainConfig, with_overrides
+from cxrlab.config import LESSON_LR, DataConfig, TrainConfig, with_overrides
 from cxrlab.evaluation import binary_metrics, bootstrap_ci, predict_split
 from cxrlab.evaluation.predict import run_tta
 from cxrlab.evaluation.thresholds import choose_threshold
@@ -36,7 +36,7 @@ TASKS = {
 }
 # (a) the lesson: seed-cnn, per-image standardisation, 256 px, Adam, batch 16, 10 epochs, best val
 # loss, no augmentation, no class weights, a constant learning rate, plain-image scores.
-SEED_RECIPE = dict(model="seed-cnn", epochs=10, batch_size=16, lr=1e-3, class_weights=False, monitor="val_loss",
+SEED_RECIPE = dict(model="seed-cnn", epochs=10, batch_size=16, lr=LESSON_LR, class_weights=False, monitor="val_loss",
                    early_stopping=0, lr_patience=0, augment=False, image_size=256, normalization="standardize",
                    precision="fp32", max_train_images=0, ema_decay=0.0, tta=0)
 # (b) cxrlab's default: the TrainConfig defaults (what `cxrlab train` does with no options), scored

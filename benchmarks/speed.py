@@ -99,12 +99,13 @@ def inference(batches: int, singles: int, batch: int = 64) -> dict:
 def lesson_config(source: str, positive: str, negative: list[str] | None, cache: str, epochs: int = 10, **kw):
     """The lesson's recipe as a cxrlab config; cxrlab's speed levers (bf16 where native, channels_last,
     the image cache) stay on, as they are in `cxrlab train --model seed-cnn`."""
-    from cxrlab.config import AugmentConfig, DataConfig, TrainConfig
+    from cxrlab.config import LESSON_LR, AugmentConfig, DataConfig, TrainConfig
 
     data = kw.pop("data", {})
+    kw.setdefault("lr", LESSON_LR)
     return TrainConfig(source=source, positive=positive, negative=negative, model="seed-cnn", epochs=epochs,
                        batch_size=16, class_weights=False, monitor="val_loss", early_stopping=0, lr_patience=0,
-                       max_train_images=0, ema_decay=0.0, **{"lr": 1e-3, **kw},
+                       max_train_images=0, ema_decay=0.0, **kw,
                        data=DataConfig(image_size=data.get("image_size", 256), cache_dir=cache,
                                        normalization=data.get("normalization", "standardize"),
                                        augment=AugmentConfig(enabled=False)))

@@ -67,10 +67,10 @@ def test_demo_runs_offline_and_is_deterministic(tmp_path):
     assert summary["images"] > 200 and summary["patients"] < summary["images"]
     history = (tmp_path / "d1" / "run" / "history.csv").read_text()
     assert "trained seed-cnn (54,627 parameters)" in result.output and history.count("\n") == 21
-    from cxrlab.config import TrainConfig, load_yaml
+    from cxrlab.config import LESSON_LR, TrainConfig, load_yaml
 
     # the demo teaches the lesson: its rate is the lesson's 1e-3, not cxrlab's default (3e-4)
-    assert load_yaml(TrainConfig, tmp_path / "d1" / "run" / "config.yaml").lr == 1e-3 != TrainConfig().lr
+    assert load_yaml(TrainConfig, tmp_path / "d1" / "run" / "config.yaml").lr == LESSON_LR != TrainConfig().lr
     from cxrlab.demo import make_demo_data
 
     make_demo_data(tmp_path / "d2")
