@@ -30,3 +30,14 @@ def test_kermany_folders_with_inferred_patients():
     assert len(m.frame) == 4155 and m.label_counts() == {"NORMAL": 1073, "PNEUMONIA": 3082}
     assert (m.frame["patient_source"] == "filename").all()
     assert m.frame["patient"].nunique() < 4155
+
+
+def test_nih_folder_with_its_boxes_file():
+    # NIH's own layout: BBox_List_2017.csv beside the labels CSV; the folder reads through the labels file
+    from cxrlab.data.sources import find_boxes_csv
+    from cxrlab.saliency.localize import read_boxes
+
+    assert read_source(NIH).root == str((NIH / "labels.csv").resolve())
+    assert find_boxes_csv(NIH).name == "BBox_List_2017.csv"
+    boxes = read_boxes(NIH)
+    assert len(boxes) == 47 and (boxes["Finding Label"] == "Pneumonia").sum() == 35

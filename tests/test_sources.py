@@ -109,3 +109,38 @@ def test_single_class(tmp_path):
 def test_missing_source(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         read_source(tmp_path / "nothing")
+
+
+def _write_nih_boxes(folder):
+    """NIH's BBox_List_2017.csv layout, as NIH's download has it beside Data_Entry_2017.csv."""
+    (folder / "BBox_List_2017.csv").write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n00000002_000.png,Effusion,10,12,20,22\n")
+
+
+def test_csv_folder_with_nih_boxes_beside_the_labels(nih_csv):
+    _write_nih_boxes(nih_csv.parent)
+    m = read_source(nih_csv.parent)
+    assert m.kind == "csv" and m.root == str(nih_csv) and len(m.frame) == 36
+
+
+def test_boxes_csv_is_found_beside_the_labels(nih_csv):
+    from cxrlab.data.sources import find_boxes_csv
+
+    assert find_boxes_csv(nih_csv.parent) is None
+    _write_nih_boxes(nih_csv.parent)
+    assert find_boxes_csv(nih_csv.parent).name == "BBox_List_2017.csv"
+    assert find_boxes_csv(nih_csv).name == "BBox_List_2017.csv"  # the labels file itself: look beside it
+
+
+def test_two_label_csvs_in_a_folder_is_an_error(nih_csv):
+    (nih_csv.parent / "copy.csv").write_bytes(nih_csv.read_bytes())
+    with pytest.raises(DataError, match="several label CSVs"):
+        read_source(nih_csv.parent)
+
+
+def test_latin1_csv_found_through_its_folder(nih_csv):
+    # a latin-1 byte in a later row: the same one-line error as when the CSV is passed directly
+    nih_csv.write_bytes(nih_csv.read_bytes() + b"00000099_000.png,No Finding,99,0,caf\xe9\n")
+    for source in (nih_csv, nih_csv.parent):
+        with pytest.raises(DataError, match=r"labels.csv: not UTF-8 text .*byte 0xe9"):
+            read_source(source)

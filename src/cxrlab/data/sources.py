@@ -128,16 +128,54 @@ def _index_images(images_dir: Path) -> dict[str, str]:
     return found
 
 
+LABEL_COLUMNS = ("Image Index", "Finding Labels")
+BOX_COLUMNS = ("Image Index", "Finding Label")  # and 'Bbox [x' (NIH's header) or plain 'x'
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The first row's column names. Only the first line is decoded, leniently: detection must not
+    fail on an encoding problem further down, which `from_csv` then reports with the file's name."""
+    import csv
+
+    with open(path, "rb") as f:
+        line = f.readline().decode("utf-8-sig", errors="replace")
+    return [c.strip() for c in next(csv.reader([line]), [])]
+
+
+def csv_kind(path: str | Path) -> str | None:
+    """'labels' (NIH Data_Entry_2017 layout), 'boxes' (NIH BBox_List_2017 layout) or None."""
+    header = _csv_header(Path(path))
+    if all(c in header for c in LABEL_COLUMNS):
+        return "labels"
+    if all(c in header for c in BOX_COLUMNS) and ("Bbox [x" in header or "x" in header):
+        return "boxes"
+    return None
+
+
+def find_boxes_csv(source: str | Path) -> Path | None:
+    """The NIH-style boxes file of a CSV source: the folder's (or the labels file's folder's)
+    one CSV in the BBox_List_2017 layout, as NIH's download keeps it beside Data_Entry_2017.csv."""
+    source = Path(source)
+    folder = source if source.is_dir() else source.parent
+    found = [p for p in sorted(folder.glob("*.csv")) if csv_kind(p) == "boxes"]
+    if len(found) > 1:
+        raise DataError(f"{folder}: several box CSVs ({', '.join(p.name for p in found)}); give one with --boxes.")
+    return found[0] if found else None
+
+
 def from_csv(csv_path: str | Path, images_dir: str | Path | None = None, on_bad: str = "error") -> Manifest:
     """NIH-style manifest: `Image Index`, `Finding Labels` ('|'-separated), `Patient ID`.
     Extra columns (as in the full Data_Entry_2017.csv) are ignored."""
     csv_path = Path(csv_path).resolve()
     try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{csv_path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                        "save it as UTF-8.") from None
     except Exception as exc:
         raise DataError(f"{csv_path}: cannot read CSV ({exc})") from None
     table.columns = [c.strip() for c in table.columns]
-    missing = [c for c in ("Image Index", "Finding Labels") if c not in table.columns]
+    missing = [c for c in LABEL_COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"{csv_path}: missing column(s) {missing}; found {list(table.columns)}. "
                         "An NIH-style CSV needs 'Image Index' and 'Finding Labels' (and 'Patient ID').")
@@ -228,7 +266,7 @@ def read_source(source: str | Path, images_dir: str | Path | None = None, on_bad
         if suffix in (".h5", ".hdf5"):
             return from_hdf5([source])
         raise DataError(f"{source}: unsupported file; give a folder, an NIH-style .csv or an .h5 file.")
-    csvs = [p for p in sorted(source.glob("*.csv")) if "Image Index" in p.open().readline()]
+    csvs = [p for p in sorted(source.glob("*.csv")) if csv_kind(p) == "labels"]
     if len(csvs) == 1:
         return from_csv(csvs[0], images_dir, on_bad)
     if len(csvs) > 1:

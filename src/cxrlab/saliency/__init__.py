@@ -149,7 +149,10 @@ def localisation(run_dir, boxes_csv, images_dir, methods=DEFAULT_METHODS, target
     from .localize import localisation_scores, read_boxes, road_scores, scale_box
 
     boxes = read_boxes(boxes_csv)
-    index = {p.name: p for p in Path(images_dir).rglob("*") if p.is_file()}
+    images_dir = Path(images_dir)
+    if images_dir.is_file():  # a run's source may be its labels CSV: the images lie below its folder
+        images_dir = images_dir.parent
+    index = {p.name: p for p in images_dir.rglob("*") if p.is_file()}
     boxes = boxes[boxes["Image Index"].isin(index)]
     if boxes.empty:
         raise CxrlabError(f"{boxes_csv}: none of its images were found under {images_dir}")

@@ -15,7 +15,15 @@ IOBB_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 def read_boxes(path: str | Path) -> pd.DataFrame:
     """Image Index, Finding Label, x, y, w, h (original pixels). NIH's header splits the box
-    column into 'Bbox [x', 'y', 'w', 'h]'; plain x, y, w, h headers are accepted too."""
+    column into 'Bbox [x', 'y', 'w', 'h]'; plain x, y, w, h headers are accepted too. A folder
+    (NIH's download, or cxrlab's demo) stands for the one boxes CSV in it."""
+    from ..data.sources import find_boxes_csv
+
+    if Path(path).is_dir():
+        found = find_boxes_csv(path)
+        if found is None:
+            raise DataError(f"{path}: no boxes CSV (NIH BBox_List_2017.csv layout) in this folder; give the file.")
+        path = found
     table = pd.read_csv(path)
     table.columns = [c.strip().replace("Bbox [", "").replace("]", "") for c in table.columns]
     needed = ["Image Index", "Finding Label", "x", "y", "w", "h"]
