@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -144,3 +146,54 @@ def test_latin1_csv_found_through_its_folder(nih_csv):
     for source in (nih_csv, nih_csv.parent):
         with pytest.raises(DataError, match=r"labels.csv: not UTF-8 text .*byte 0xe9"):
             read_source(source)
+
+
+def _h5(path, n=10, **datasets):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f["image"] = np.stack([xray(i) for i in range(n)])
+        for key, value in datasets.items():
+            f[key] = value
+    return path
+
+
+def test_hdf5_single_column_labels_are_the_labels(tmp_path):
+    labels = (np.arange(10) % 2).reshape(10, 1)  # (N, 1): argmax would make every image negative
+    m = from_hdf5([_h5(tmp_path / "x.h5", label=labels)])
+    assert m.label_counts() == {"negative": 5, "positive": 5}
+
+
+def test_hdf5_patient_dataset_of_another_length(tmp_path):
+    path = _h5(tmp_path / "x.h5", label=np.arange(10) % 2, patient=np.arange(7))
+    with pytest.raises(DataError, match=r"x.h5: 'patient' has 7 entries for 10 images"):
+        from_hdf5([path])
+
+
+def test_hdf5_label_outside_label_names(tmp_path):
+    import h5py
+
+    path = _h5(tmp_path / "x.h5", label=np.arange(10) % 3)
+    with h5py.File(path, "a") as f:
+        f["label"].attrs["label_names"] = ["normal", "effusion"]
+    with pytest.raises(DataError, match=r"x.h5: label value\(s\) \[2\] have no name"):
+        from_hdf5([path])
+
+
+def test_broken_symlinks_are_bad_images_not_dropped(flat_folders):
+    (flat_folders / "normal" / "x.png").symlink_to(flat_folders / "missing.png")
+    loop = flat_folders / "normal" / "loop.png"
+    loop.symlink_to(loop)
+    with pytest.raises(DataError, match="loop.png: a broken symbolic link"):
+        read_source(flat_folders)
+    m = read_source(flat_folders, on_bad="skip")
+    assert sorted(Path(s["path"]).name for s in m.skipped) == ["loop.png", "x.png"]
+    assert len(m.frame) == 36
+
+
+def test_lone_train_h5_gets_a_test_split(tmp_path):
+    from cxrlab import DataConfig, load_data
+
+    _h5(tmp_path / "train.h5", n=40, label=np.arange(40) % 2)
+    data = load_data(tmp_path / "train.h5", config=DataConfig(image_size=32))
+    assert (data.frame["split"] == "test").sum() > 0 and any("no test split" in n for n in data.notes)

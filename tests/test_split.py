@@ -101,3 +101,14 @@ def test_split_of_many_patients_is_stratified_seeded_and_leak_free():
     assert frame.assign(s=split).groupby("patient")["s"].nunique().max() == 1
     again, _ = make_split(frame, 0.15, 0.15, seed=3)
     assert again.equals(split)  # seeded
+
+
+def test_presplit_without_test_holds_out_a_test_split():
+    # a lone train.h5, or train/ and val/ folders only: say so and split test off, whole patients
+    f = frame(200)
+    f["split"] = "train"
+    split, notes = make_split(f, 0.15, 0.15, seed=0)
+    assert 0.10 < (split == "test").mean() < 0.20 and (split == "val").sum() > 0
+    assert "no test split" in notes[0]
+    per_patient = pd.DataFrame({"p": f["patient"], "s": split}).groupby("p")["s"].nunique()
+    assert (per_patient == 1).all()

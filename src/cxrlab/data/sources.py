@@ -79,7 +79,12 @@ def _visible(entries) -> list[Path]:
 
 def _class_rows(class_dir: Path, split: str, on_bad: str, skipped: list[dict]) -> list[dict]:
     rows = []
-    for path in _visible(p for p in class_dir.rglob("*") if p.is_file()):
+    for path in _visible(p for p in class_dir.rglob("*") if p.is_file() or p.is_symlink()):
+        if not path.exists():  # a symlink whose target is missing, or a loop: unreadable, never dropped
+            _skip_or_raise(path, "a broken symbolic link (its target is missing or it loops)", on_bad, skipped)
+            continue
+        if path.is_dir():
+            continue  # a symlink to a folder: rglob does not descend into it
         if not is_image_file(path):
             _skip_or_raise(path, f"not an image file (suffix {path.suffix or 'none'})", on_bad, skipped)
             continue
@@ -237,13 +242,20 @@ def from_hdf5(files: list[str | Path]) -> Manifest:
                     raise DataError(f"{file}: missing dataset(s) {absent}; found {list(h5.keys())}. "
                                     "Expected 'image' (N,H,W[,C]) and 'label' (N,) or one-hot (N,2).")
                 labels = np.asarray(h5["label"])
-                if labels.ndim == 2:
-                    labels = labels.argmax(axis=1)
+                if labels.ndim == 2:  # one-hot (N, K); a single column (N, 1) is the label itself
+                    labels = labels[:, 0] if labels.shape[1] == 1 else labels.argmax(axis=1)
                 if len(labels) != len(h5["image"]):
                     raise DataError(f"{file}: {len(h5['image'])} images but {len(labels)} labels.")
                 names = _h5_label_names(h5["label"], labels)
+                unnamed = sorted({int(v) for v in np.unique(labels)} - set(names))
+                if unnamed:
+                    raise DataError(f"{file}: label value(s) {unnamed} have no name in label_names "
+                                    f"{list(names.values())}; fix the labels or the label_names attribute.")
                 patients = [p.decode() if isinstance(p, bytes) else str(p) for p in h5["patient"][:]] \
                     if "patient" in h5 else None
+                if patients is not None and len(patients) != len(labels):
+                    raise DataError(f"{file}: 'patient' has {len(patients)} entries for {len(labels)} images; "
+                                    "it needs one patient id per image.")
         except OSError as exc:
             raise DataError(f"{file}: not a readable HDF5 file ({exc})") from None
         split = next((v for k, v in SPLIT_NAMES.items() if k in file.stem.lower()), "")

@@ -72,6 +72,13 @@ def make_split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, s
     notes: list[str] = []
     split = pd.Series("train", index=frame.index, dtype=object)
     if (given != "").any():
+        if not (given == "test").any():  # e.g. a lone train.h5, or train/ and val/ folders only
+            pool = (given != "val").to_numpy()
+            held = np.flatnonzero(pool)[_grouped_holdout(y[pool], groups[pool], test_fraction, seed)]
+            given = given.copy()
+            given.iloc[held] = "test"
+            notes.append(f"the source gives no test split: held out {len(held)} images of "
+                         f"{len(np.unique(groups[held]))} patients from train as test (seeded, whole patients)")
         split[given == "test"] = "test"
         trainval = (given != "test").to_numpy()
         n_val = int((given == "val").sum())
