@@ -3,29 +3,31 @@ weights are safetensors, and training checkpoints are read with torch.load(weigh
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import torch
 
 from .errors import CxrlabError
+from .runs import atomic_write
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
-    """Write to a temporary file, then rename: an interruption never leaves half a checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Serialise in memory, then write atomically: torch.save straight to a full disk fails with
+    'basic_ios::clear: iostream error' and leaves its temporary file; a plain write reports ENOSPC."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getbuffer())
+
+
+def save_state_dict(state: dict, path: str | Path) -> None:
+    from safetensors.torch import save
+
+    atomic_write(path, save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
 
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    save_state_dict(model.state_dict(), path)
 
 
 def load_state_dict(path: str | Path) -> dict:

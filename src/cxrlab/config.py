@@ -51,6 +51,8 @@ class DataConfig:
     def __post_init__(self):
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig(**self.augment)
+        if not isinstance(self.augment, AugmentConfig):
+            raise ConfigError(f"augment must be a mapping of augmentation settings, got {self.augment!r}")
         _check_choice("normalization", self.normalization, NORMALIZATIONS)
         _check_choice("split_scheme", self.split_scheme, SPLIT_SCHEMES)
         _check_choice("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)
@@ -84,12 +86,28 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
 
 def load_yaml(cls, path: str | Path):
     """Read a config; unknown keys are an error so a typo never silently falls back to a default."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:  # safe_load never builds objects: a !!python tag is a parse error too
+        # where the broken construct began (an unclosed '[' on line 1), else where parsing stopped
+        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({what})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a mapping of keys to values, not a {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
         raise ConfigError(f"{path}: unknown config keys {sorted(unknown)}; valid keys: {sorted(names)}")
-    return cls(**data)
+    try:
+        return cls(**data)
+    except TypeError as exc:  # a nested section of the wrong shape, e.g. `data: [1, 2]`
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 MONITORS = ("val_loss", "val_auc")
@@ -153,6 +171,8 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.data, dict):
             self.data = DataConfig(**self.data)
+        if not isinstance(self.data, DataConfig):
+            raise ConfigError(f"data must be a mapping of data settings, got {self.data!r}")
         if isinstance(self.negative, str):
             self.negative = [self.negative]
         _check_choice("monitor", self.monitor, MONITORS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -9,6 +10,28 @@ import tempfile
 from pathlib import Path
 
 from .errors import CxrlabError
+
+# what a start writes before its first epoch completes: a directory holding only these never trained
+START_FILES = {"config.yaml", "split.csv", "tensorboard"}
+
+
+class WriteError(CxrlabError):
+    """A run file could not be written (full disk, permissions); the previous version is kept."""
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: an interruption or a full disk never
+    leaves half a file, and the temporary file is removed when the write fails."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise WriteError(f"{reason} writing {path}") from None
 
 
 class RunDir:
@@ -37,13 +60,31 @@ class RunDir:
         <split>_yscores.csv, <split>_roc.csv and the PNG figures."""
         return self.path / "eval" / split
 
+    def never_trained(self) -> bool:
+        """True for a directory left by a start that failed before its first epoch completed (it
+        holds only what a start writes): it does not block its own rerun."""
+        entries = [p.name for p in self.path.iterdir() if not _is_temp(p.name)]
+        return bool(entries) and set(entries) <= START_FILES
+
+    def remove_temp_files(self) -> None:
+        """Temporary files of writes that never finished (a kill -9 during a checkpoint write)."""
+        for p in self.path.iterdir():
+            if _is_temp(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+
     def prepare(self, overwrite: bool = False, resume: bool = False) -> None:
         """Fail before training if the directory is in use or cannot be written."""
+        if self.path.exists() and not self.path.is_dir():
+            raise CxrlabError(f"{self.path} is a file, not a folder; choose another --out")
+        if self.path.is_dir():
+            self.remove_temp_files()
         if resume:
             if not self.last_checkpoint.exists():
-                raise CxrlabError(f"{self.path}: no {self.last_checkpoint.name} to resume from")
+                done = "no epoch completed, so there is nothing to resume; run the same command without --resume" \
+                    if self.path.is_dir() and self.never_trained() else f"no {self.last_checkpoint.name} to resume from"
+                raise CxrlabError(f"{self.path}: {done}")
         elif self.path.exists() and any(self.path.iterdir()):
-            if not overwrite:
+            if not (overwrite or self.never_trained()):
                 raise CxrlabError(f"{self.path} already exists; pass --overwrite to replace it "
                                   "or --resume to continue it")
             shutil.rmtree(self.path)
@@ -57,11 +98,13 @@ class RunDir:
             raise CxrlabError(f"{self.path}: cannot write the run directory ({exc.strerror or exc})") from None
 
     def write_info(self, info: dict) -> None:
-        tmp = self.info.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(info, indent=2, default=str))
-        os.replace(tmp, self.info)
+        atomic_write(self.info, json.dumps(info, indent=2, default=str).encode())
 
     def read_info(self) -> dict:
         if not self.info.exists():
             raise CxrlabError(f"{self.path}: missing {self.info.name}; is this a cxrlab run directory?")
         return json.loads(self.info.read_text())
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and ".tmp" in name

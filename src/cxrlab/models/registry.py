@@ -85,6 +85,22 @@ def create_model(spec: ModelSpec, pretrained: str | None = None, weights: str | 
     return model
 
 
+def check_input_size(model: nn.Module, spec: ModelSpec) -> None:
+    """One forward pass of a blank image: a size the network's pooling cannot take is a clear error
+    before training, not a shape traceback in the first batch."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, spec.in_chans, spec.image_size, spec.image_size))
+    except RuntimeError as exc:
+        if "size" not in str(exc).lower():
+            raise
+        raise ConfigError(f"--image-size {spec.image_size} is too small for {spec.name} "
+                          f"({str(exc).splitlines()[0]}); use a larger size, e.g. 128 or 256") from None
+    finally:
+        model.train(was_training)
+
+
 def backbone_of(model: nn.Module) -> nn.Module:
     return model.backbone if isinstance(model, TimmClassifier) else model.features
 

@@ -7,11 +7,12 @@ RANK/WORLD_SIZE/MASTER_ADDR itself, and the trainer joins that group instead.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+STORE_ENV = "CXRLAB_DIST_STORE"  # the rendezvous file of a `--devices N` run (set by `spawn`)
 
 
 @dataclass
@@ -50,22 +51,24 @@ def init_from_env(device_type: str) -> DistContext:
     if not launched_by_torchrun():
         return DistContext()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        store_file = os.environ.get(STORE_ENV)
+        if store_file:  # our own spawn: a file rendezvous, no listening socket (torchrun's TCP store binds *:PORT)
+            dist.init_process_group(backend, init_method=f"file://{store_file}", rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]))
+        else:
+            dist.init_process_group(backend)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
         torch.cuda.set_device(local)
     return DistContext(dist.get_rank(), dist.get_world_size(), local)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, fn, args) -> None:
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+def _worker(rank: int, world: int, store_file: str, fn, args) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), STORE_ENV: store_file})
+    # the processes talk over loopback only: gloo's and NCCL's own sockets stay on this machine
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
     try:
         fn(*args)
     finally:
@@ -74,7 +77,11 @@ def _worker(rank: int, world: int, port: int, fn, args) -> None:
 
 
 def spawn(fn, world: int, *args) -> None:
-    """Run fn(*args) in `world` local processes that form one process group."""
+    """Run fn(*args) in `world` local processes that form one process group. They meet through a
+    file in a private temporary folder, so a single-machine run opens no port to the network."""
+    import tempfile
+
     import torch.multiprocessing as mp
 
-    mp.spawn(_worker, args=(world, free_port(), fn, args), nprocs=world, join=True)
+    with tempfile.TemporaryDirectory(prefix="cxrlab-ddp-") as tmp:
+        mp.spawn(_worker, args=(world, os.path.join(tmp, "store"), fn, args), nprocs=world, join=True)

@@ -8,6 +8,7 @@ every RNG and state), and on a 2-core CPU there is no framework overhead to meas
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -22,15 +23,15 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..checkpoint import atomic_torch_save, load_checkpoint, load_state_dict, save_weights
+from ..checkpoint import atomic_torch_save, load_checkpoint, load_state_dict, save_state_dict, save_weights
 from ..config import TrainConfig, load_yaml, save_yaml
 from ..data import LoadedData, load_data, save_split
 from ..data.dataset import make_collate
 from ..errors import CxrlabError
 from ..models import ModelSpec, count_parameters, create_model
-from ..models.registry import backbone_of
+from ..models.registry import backbone_of, check_input_size
 from ..models.transfer import freeze_bn_stats, set_trainable_blocks
-from ..runs import RunDir
+from ..runs import RunDir, WriteError, atomic_write
 from . import dist as distributed
 from .device import adam, autocast, needs_grad_scaler, select_device, training_memory_format
 from .features import extract_features
@@ -138,7 +139,12 @@ def _init_from_run(model: nn.Module, run_dir: str) -> None:
     state = load_state_dict(RunDir(run_dir).best_weights)
     prefix = "backbone." if hasattr(model, "backbone") else "features."
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    missing, _ = backbone_of(model).load_state_dict(sub, strict=False)
+    try:
+        missing, _ = backbone_of(model).load_state_dict(sub, strict=False)
+    except RuntimeError as exc:  # same names, other shapes (seed-cnn into seed-cnn-bn)
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise CxrlabError(f"--init-from {run_dir}: its backbone does not match this model ({first}); "
+                          "use the same --model") from None
     if missing:
         raise CxrlabError(f"--init-from {run_dir}: its backbone does not match this model "
                           f"({len(missing)} tensors missing, e.g. {missing[0]}); use the same --model")
@@ -155,6 +161,7 @@ class _Loop:
         if ctx.active and self.device.type == "cuda":
             self.device = torch.device("cuda", ctx.local_rank)  # one GPU per process
         self.model = create_model(self.spec, cfg.pretrained, cfg.weights)
+        check_input_size(self.model, self.spec)
         if cfg.init_from:
             _init_from_run(self.model, cfg.init_from)
         self.memory_format = training_memory_format(self.model, self.device)
@@ -172,6 +179,7 @@ class _Loop:
         self.val_loader = DataLoader(data.dataset("val"), batch_size=max(64, cfg.batch_size),
                                      collate_fn=self.collate, num_workers=cfg.workers, generator=torch.Generator())
         self.state = State()
+        self.saved_epoch = 0  # the epoch last.ckpt holds
         self.stopped_early = False
         self.writer = None
         if ctx.main:
@@ -257,8 +265,10 @@ class _Loop:
             loss = self.loss_fn(logits, y)
             finite = self.ctx.sum(float(torch.isfinite(loss)))[0] == self.ctx.world
             if not finite:
-                raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch}; training stopped. "
-                                       f"{self.run_dir.last_checkpoint} holds the last good epoch. "
+                kept = (f"{self.run_dir.last_checkpoint} holds the last good epoch ({self.state.epoch})"
+                        if self.state.epoch else "No epoch completed, so nothing was kept and the same --out "
+                        "can be used again")
+                raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch}; training stopped. {kept}. "
                                        "Try a lower --lr or --grad-clip.")
             if self.scaler:
                 self.scaler.scale(loss).backward()
@@ -304,10 +314,17 @@ class _Loop:
         if self.scheduler is not None:
             self.scheduler.step(score)
         if self.ctx.main:
-            if improved:
-                save_weights(self.scored_model, self.run_dir.best_weights)
-            self._save_checkpoint()
-            pd.DataFrame(st.history, columns=HISTORY_COLUMNS).to_csv(self.run_dir.history, index=False)
+            try:
+                if improved:
+                    save_weights(self.scored_model, self.run_dir.best_weights)
+                self._save_checkpoint()
+                history = pd.DataFrame(st.history, columns=HISTORY_COLUMNS).to_csv(index=False)
+                atomic_write(self.run_dir.history, history.encode())
+            except WriteError as exc:
+                kept = f"the last good checkpoint (epoch {self.saved_epoch}) is kept" if self.saved_epoch \
+                    else "no epoch was checkpointed"
+                raise WriteError(f"{exc}; {kept}") from None
+            self.saved_epoch = st.epoch
             for key in HISTORY_COLUMNS[2:]:
                 self.writer.add_scalar(key, row[key], row["epoch"])
             self.writer.flush()
@@ -335,6 +352,7 @@ class _Loop:
             row["epoch"], row["phase"] = int(row["epoch"]), int(row["phase"])
         self.state = State(ckpt["epoch"], ckpt["phase"], ckpt["phase_start"], ckpt["best"], ckpt["best_epoch"],
                            ckpt["bad_epochs"], history)
+        self.saved_epoch = ckpt["epoch"]
 
     # -- the run -----------------------------------------------------------------------------------
     def run(self, resume_ckpt: dict | None) -> None:
@@ -369,8 +387,11 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, resume: bo
     run = RunDir(out)
     if resume:
         run.prepare(resume=True)
-        load_checkpoint(run.last_checkpoint)  # validate before anything else is touched
+        ckpt = load_checkpoint(run.last_checkpoint)  # validate before anything else is touched
+        check_best_weights(run, ckpt)
         cfg = load_yaml(TrainConfig, run.config)
+    else:
+        cfg = absolute_paths(cfg)
     if cfg.devices > 1 and not distributed.launched_by_torchrun():
         if not resume:
             run.prepare(overwrite=overwrite)
@@ -400,6 +421,8 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
         data = load_data(cfg.source, cfg.positive, cfg.negative, cfg.images_dir, cfg.data, split_file)
     if data.task is None:
         raise CxrlabError("no task: pass --positive (and --negative) to choose the classes")
+    if cfg.positive != data.task.positive:  # inferred or spelled otherwise: the run names its positive class
+        cfg = dataclasses.replace(cfg, positive=data.task.positive)
     if ctx.main and not resuming:
         save_split(data.frame, run.split)  # the true labels: evaluation of this run stays honest
         save_yaml(cfg, run.config)
@@ -414,6 +437,7 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
     loop.run(ckpt)
     if not ctx.main:
         return None
+    load_state_dict(run.best_weights)  # what every later command loads: readable, or a clear error now
     hist = pd.DataFrame(loop.state.history, columns=HISTORY_COLUMNS)
     from .curves import plot_learning_curves
 
@@ -438,6 +462,30 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
     }
     run.write_info(info)
     return Run(run, cfg, hist, loop.state.best_epoch, loop.stopped_early, info)
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Paths in a config, made absolute: `cxrlab train --config RUN/config.yaml` works from anywhere."""
+    keys = ("source", "images_dir", "split_file", "weights", "init_from")
+    return dataclasses.replace(cfg, **{k: str(Path(getattr(cfg, k)).resolve()) for k in keys if getattr(cfg, k)})
+
+
+def check_best_weights(run: RunDir, ckpt: dict) -> None:
+    """Before resuming: best.safetensors must be readable. Damaged, it is rebuilt from last.ckpt when
+    that holds the best epoch; otherwise the run cannot be continued honestly, and we say so."""
+    try:
+        load_state_dict(run.best_weights)
+        return
+    except CxrlabError as exc:
+        damage = str(exc)
+    if ckpt["best_epoch"] != ckpt["epoch"]:
+        raise CxrlabError(f"{damage.split('. ')[0]}; the best epoch ({ckpt['best_epoch']}) is not the one "
+                          f"{run.last_checkpoint.name} holds ({ckpt['epoch']}), so it cannot be rebuilt. "
+                          "Train again with --overwrite.")
+    state = ckpt["model"]
+    if ckpt.get("ema") is not None:  # validation scored the average: that is what best holds
+        state = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    save_state_dict(state, run.best_weights)
 
 
 def load_run(out: str | Path) -> Run:
