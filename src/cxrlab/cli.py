@@ -19,7 +19,8 @@ app = typer.Typer(help="Train, evaluate and explain chest X-ray classifiers.", n
                   pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Look at a data set before training on it.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
+# soft_wrap: a message or an epoch line is one line in a pipe or a file whatever the width (tables still fit it)
+console = Console(soft_wrap=True)
 
 
 class _Bar:
@@ -158,6 +159,13 @@ def train(
     from .training import train as train_run
 
     if resume:
+        given = {k: v for k, v in locals().items() if k in _TRAIN_FLAGS | {"data", "config", "negative", "out"}}
+        ignored = sorted(f"--{k.replace('_', '-')}" if k != "data" else "DATA" for k, v in given.items()
+                         if v is not None and v != [])
+        if ignored or overwrite:
+            raise CxrlabError(f"--resume continues {resume} exactly as its config.yaml says; it cannot also apply "
+                              f"{', '.join(ignored + ['--overwrite'] * overwrite)}. Resume without them, or start a "
+                              "new run with --config " + str(Path(resume) / "config.yaml") + " and the changes.")
         cfg, out = TrainConfig(), resume
     else:
         cfg = load_yaml(TrainConfig, config) if config else TrainConfig()
@@ -318,6 +326,7 @@ def predict(
     out: Optional[Path] = typer.Option(None, help="Write the predictions as CSV."),
     heatmaps: Optional[Path] = typer.Option(None, help="Folder for heatmap PNGs and .npy maps."),
     method: str = typer.Option("gradcam", help="Heatmap method with --heatmaps."),
+    on_bad_image: str = typer.Option("error", help="error: stop at an unreadable image; skip: leave it out and list it."),
 ):
     """Score new images with the run's preprocessing and its stored (validation-chosen) threshold."""
     import pandas as pd
@@ -325,13 +334,21 @@ def predict(
     from .saliency import expand_paths
     from .serving import Predictor
 
+    if on_bad_image not in ("error", "skip"):
+        raise CxrlabError(f"--on-bad-image must be error or skip, got {on_bad_image!r}")
     predictor = Predictor(run)
     files = expand_paths(paths)
+    skipped: list[dict] = []
     with _Bar("predicting") as bar:
         results = []
         for i in range(0, len(files), 32):
-            results += predictor.predict_paths(files[i:i + 32], method if heatmaps else None)
-            bar(len(results), len(files))
+            results += predictor.predict_paths(files[i:i + 32], method if heatmaps else None,
+                                               skipped=skipped if on_bad_image == "skip" else None)
+            bar(len(results) + len(skipped), len(files))
+    for item in skipped:
+        console.print(f"[red]skipped[/] {item['path']}: {item['reason']}", highlight=False)
+    if not results:
+        raise CxrlabError(f"none of the {len(files)} image(s) could be read; nothing to predict")
     table = Table("image", f"P({predictor.positive})", "call", title=f"threshold {predictor.threshold:.3f} ({predictor.policy})")
     for r in results[:50]:
         table.add_row(Path(r.path).name, f"{r.probability:.3f}", r.label)
@@ -364,14 +381,17 @@ def export(run: Path = typer.Argument(..., help="A run directory."),
 @app.command()
 def serve(run: Path = typer.Argument(..., help="A run directory."),
           host: str = typer.Option("127.0.0.1", help="Address to bind (default: this machine only)."),
-          port: int = typer.Option(8000), max_upload_mb: float = typer.Option(20.0, help="Upload limit in MB.")):
-    """Serve the web page (/), the quiz (/quiz) and the JSON API (/api, docs at /docs)."""
+          port: int = typer.Option(8000), max_upload_mb: float = typer.Option(20.0, help="Upload limit in MB."),
+          docs: bool = typer.Option(False, help="Also serve /docs and /redoc (their scripts come from a public CDN: "
+                                    "they need internet). The schema is always at /openapi.json.")):
+    """Serve the web page (/), the quiz (/quiz) and the JSON API (/api, schema at /openapi.json)."""
     import uvicorn
 
     from .serving.app import create_app
 
-    console.print(f"cxrlab serving {run} on http://{host}:{port}/  (quiz: /quiz, API docs: /docs)")
-    uvicorn.run(create_app(run, max_upload_mb), host=host, port=port, log_level="warning")
+    console.print(f"cxrlab serving {run} on http://{host}:{port}/  (quiz: /quiz, API schema: /openapi.json"
+                  f"{', docs: /docs' if docs else ''})")
+    uvicorn.run(create_app(run, max_upload_mb, docs=docs), host=host, port=port, log_level="warning")
 
 
 @app.command()

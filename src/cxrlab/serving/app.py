@@ -7,18 +7,22 @@ are addressed by number only, and every error is JSON without a stack trace.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
 import random
+from collections import OrderedDict
 from pathlib import Path
 
 import pandas as pd
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import CxrlabError
 from ..saliency.methods import METHODS
@@ -27,6 +31,8 @@ from .predictor import Predictor, heatmap_png
 
 STATIC = Path(__file__).with_name("static")
 MAX_PIXELS = 64_000_000  # ~8000 x 8000: far above any chest X-ray, far below a decompression bomb
+UPLOAD_TIMEOUT_S = 30.0  # an upload that sends nothing for this long is closed (a stalled client holds a worker)
+QUIZ_SESSIONS = 1000  # the quiz remembers this many players' draws, oldest forgotten first
 log = logging.getLogger("cxrlab.serve")
 
 
@@ -69,11 +75,12 @@ def check_dimensions(data: bytes, kind: str) -> None:
 
 
 class UploadLimit:
-    """Refuses an oversized POST /api/predict from its Content-Length, before the body is read.
-    Plain ASGI: Starlette's BaseHTTPMiddleware (`@app.middleware`) adds a task and streams per request."""
+    """Refuses an oversized POST /api/predict from its Content-Length, before the body is read, and
+    closes an upload that stalls (no bytes for `timeout` seconds) with 408. Plain ASGI: Starlette's
+    BaseHTTPMiddleware (`@app.middleware`) adds a task and streams per request."""
 
-    def __init__(self, app, limit: int, label: str):
-        self.app, self.limit, self.label = app, limit, label
+    def __init__(self, app, limit: int, label: str, timeout: float = UPLOAD_TIMEOUT_S):
+        self.app, self.limit, self.label, self.timeout = app, limit, label, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/api/predict":
@@ -88,7 +95,16 @@ class UploadLimit:
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
+            receive = self._timed(receive)
         await self.app(scope, receive, send)
+
+    def _timed(self, receive):
+        async def timed_receive():
+            try:
+                return await asyncio.wait_for(receive(), self.timeout)
+            except asyncio.TimeoutError:  # an HTTPException: FastAPI's body parser passes it on unchanged
+                raise StarletteHTTPException(408, f"upload stalled: no data for {self.timeout:g} s") from None
+        return timed_receive
 
 
 class Answer(BaseModel):
@@ -96,15 +112,39 @@ class Answer(BaseModel):
     guess: str  # "normal" or "finding"
 
 
-def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | None = None) -> FastAPI:
+class QuizDraws:
+    """Quiz items without replacement per player (session): a shuffled deck each, dealt in order
+    and reshuffled when used up. Bounded: the oldest sessions are forgotten."""
+
+    def __init__(self, n: int, seed: int | None):
+        self.n, self.rng, self.decks = n, random.Random(seed), OrderedDict()
+
+    def next(self, session: str) -> int:
+        deck = self.decks.pop(session, None) or self.rng.sample(range(self.n), self.n)
+        item = deck.pop()
+        self.decks[session] = deck
+        while len(self.decks) > QUIZ_SESSIONS:
+            self.decks.popitem(last=False)
+        return item
+
+
+def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | None = None, docs: bool = False,
+               upload_timeout: float = UPLOAD_TIMEOUT_S) -> FastAPI:
+    """docs: serve /docs and /redoc, whose scripts FastAPI loads from a public CDN (blank offline);
+    the OpenAPI schema itself is always at /openapi.json."""
     predictor = Predictor(run_dir, device="cpu", backend="auto")
     limit = int(max_upload_mb * 1024 * 1024)
     split = pd.read_csv(predictor.run.split) if predictor.run.split.exists() else pd.DataFrame(columns=["path", "y", "split"])
     quiz = split[split["split"] == "test"].reset_index(drop=True)
-    rng = random.Random(seed)
+    draws = QuizDraws(len(quiz), seed)
+    # what always answering the commoner class scores: the bar a person (or model) must beat, not 50%
+    positives = int(quiz["y"].sum()) if len(quiz) else 0
+    majority = {"label": predictor.positive if 2 * positives > len(quiz) else predictor.negative,
+                "rate": max(positives, len(quiz) - positives) / len(quiz) if len(quiz) else None}
     batcher = MicroBatcher(predictor.score_batch)
     app = FastAPI(title="cxrlab", description=f"{predictor.positive} vs {predictor.negative} "
-                  f"({predictor.spec.name}). Not a medical device.", version="1")
+                  f"({predictor.spec.name}). Not a medical device.", version="1",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -114,12 +154,22 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
     async def _user_error(request: Request, exc: CxrlabError):
         return JSONResponse({"error": str(exc).split(". Fix or remove")[0]}, status_code=400)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):  # unknown routes, wrong methods
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"error": f"invalid request: {where}: {first.get('msg', 'invalid')}"}, status_code=422)
+
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):
         log.exception("internal error")
         return JSONResponse({"error": "internal error"}, status_code=500)
 
-    app.add_middleware(UploadLimit, limit=limit, label=f"{max_upload_mb:g} MB")
+    app.add_middleware(UploadLimit, limit=limit, label=f"{max_upload_mb:g} MB", timeout=upload_timeout)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index():
@@ -129,13 +179,17 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
     def quiz_page():
         return (STATIC / "quiz.html").read_text()
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return Response(status_code=204)
+
     @app.get("/api/health")
     def health():
         return {"status": "ok", "model": predictor.spec.name}
 
     @app.get("/api/model")
     def model_card():
-        return {**predictor.card, "methods": list(METHODS), "quiz_images": len(quiz)}
+        return {**predictor.card, "methods": list(METHODS), "quiz_images": len(quiz), "quiz_majority": majority}
 
     @app.post("/api/predict")
     async def predict(file: UploadFile = File(...), heatmap: bool = Query(False),
@@ -162,19 +216,29 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
         return body
 
     @app.get("/api/quiz/next")
-    def quiz_next():
+    def quiz_next(session: str = Query("", max_length=64, description="A player's id: no image twice per round")):
         if quiz.empty:
             raise ApiError(404, "this run has no test images for the quiz")
-        return {"id": rng.randrange(len(quiz)), "labels": {"normal": predictor.negative, "finding": predictor.positive}}
+        return {"id": draws.next(session), "labels": {"normal": predictor.negative, "finding": predictor.positive},
+                "majority": majority}
 
     def _quiz_row(i: int):
         if not 0 <= i < len(quiz):
             raise ApiError(404, "no such quiz image")
         return quiz.iloc[i]
 
+    def _quiz_pixels(i: int):
+        """The quiz item's pixels. A file that cannot be read is logged here with its path; the
+        answer names only the item number: the server never tells a client its file system."""
+        try:
+            return predictor.pixels(str(_quiz_row(i)["path"]))
+        except CxrlabError as exc:
+            log.warning("quiz image %d: %s", i, exc)
+            raise ApiError(500, f"quiz image {i} cannot be read on the server (its log says why)") from None
+
     @app.get("/api/quiz/image/{i}")
     def quiz_image(i: int):
-        pixels = predictor.pixels(str(_quiz_row(i)["path"]))
+        pixels = _quiz_pixels(i)
         buf = io.BytesIO()
         Image.fromarray(pixels).save(buf, format="PNG")
         return Response(buf.getvalue(), media_type="image/png")
@@ -185,7 +249,7 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
             raise ApiError(400, "guess must be 'normal' or 'finding'")
         row = _quiz_row(answer.id)
         truth = "finding" if int(row["y"]) == 1 else "normal"
-        p = float(predictor.probabilities(predictor.pixels(str(row["path"]))[None])[0])
+        p = float(predictor.probabilities(_quiz_pixels(answer.id)[None])[0])
         model_call = "finding" if p >= predictor.threshold else "normal"
         return {"truth": truth, "truth_label": predictor.positive if truth == "finding" else predictor.negative,
                 "you_correct": answer.guess == truth, "model": {"call": model_call, "probability": p,

@@ -16,7 +16,7 @@ import torch
 from ..data.augment import tta_views
 from ..data.images import decode_image, read_image
 from ..data.preprocess import normalize
-from ..errors import CxrlabError
+from ..errors import CxrlabError, ImageReadError
 from ..evaluation.calibration import apply_temperature
 from ..evaluation.predict import probabilities_over_views, run_tta
 from ..runs import RunDir
@@ -55,9 +55,10 @@ class Predictor:
         # score as the stored threshold was chosen: with its test-time views (none for thresholds
         # stored before views existed), or the run's own setting when it has no threshold yet
         self.views = tta_views(self.cfg.data.augment, int(point.get("tta", 0)) if point else run_tta(self.cfg))
-        self.positive = self.cfg.positive
-        self.negative = "/".join(self.cfg.negative or ["normal"])
         info = self.run.read_info() if self.run.info.exists() else {}
+        task = info.get("task") or {}  # the resolved task; runs trained before config.yaml named it had null there
+        self.positive = self.cfg.positive or task.get("positive") or "positive"
+        self.negative = "/".join(task.get("negatives") or self.cfg.negative or ["negative"])
         self.card = {"model": self.spec.name, "task": {"positive": self.positive, "negative": self.negative},
                      "input": {"size": self.spec.image_size, "channels": self.spec.in_chans,
                                "normalization": self.spec.normalization},
@@ -136,11 +137,25 @@ class Predictor:
         return Prediction(path, float(p), self.positive if positive else self.negative, positive,
                           self.threshold, self.policy, heat)
 
-    def predict_paths(self, paths: list[str], method: str | None = None, batch_size: int = 32) -> list[Prediction]:
+    def predict_paths(self, paths: list[str], method: str | None = None, batch_size: int = 32,
+                      skipped: list[dict] | None = None) -> list[Prediction]:
+        """Predictions for image files. An unreadable file is an error, or, when a `skipped` list is
+        given, is left out and recorded there (path, reason)."""
         out = []
         for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            pixels = np.stack([self.pixels(p) for p in chunk])
+            chunk, arrays = [], []
+            for path in paths[start:start + batch_size]:
+                try:
+                    arrays.append(self.pixels(path))
+                except ImageReadError as exc:
+                    if skipped is None:
+                        raise
+                    skipped.append({"path": exc.path, "reason": exc.reason})
+                    continue
+                chunk.append(path)
+            if not chunk:
+                continue
+            pixels = np.stack(arrays)
             maps = self.heatmaps(pixels, method) if method else [None] * len(chunk)
             for p, prob, cam in zip(chunk, self.probabilities(pixels), maps):
                 out.append(self.result(p, prob, cam))
