@@ -52,7 +52,8 @@ def test_health_and_model_card(client):
     card = client.get("/api/model").json()
     assert card["task"] == {"positive": "effusion", "negative": "normal"}
     assert card["policy"] == "sensitivity:0.95" and "Not a medical device" in card["intended_use"]
-    assert client.get("/docs").status_code == 200 and "/api/predict" in client.get("/openapi.json").text
+    # /docs and /redoc load their scripts from a public CDN (blank offline): off unless asked for
+    assert client.get("/docs").status_code == 404 and "/api/predict" in client.get("/openapi.json").text
 
 
 def test_predict_matches_the_predictor(client, run_dir):
@@ -115,7 +116,7 @@ def test_unknown_method_400(client, run_dir):
 
 def test_quiz_by_id_only(client):
     q = client.get("/api/quiz/next").json()
-    assert set(q) == {"id", "labels"} and isinstance(q["id"], int)
+    assert set(q) == {"id", "labels", "majority"} and isinstance(q["id"], int)
     img = client.get(f"/api/quiz/image/{q['id']}")
     assert img.status_code == 200 and img.headers["content-type"] == "image/png"
     assert client.get("/api/quiz/image/99999").status_code == 404
@@ -267,3 +268,82 @@ def test_predict_paths_heatmaps_equal_one_image_at_a_time(run_dir):
         assert r.heatmap.shape == (96, 96)
         assert np.allclose(r.heatmap, pred.heatmap(pred.pixels(path), "gradcam"), atol=1e-4)
     assert all(r.heatmap is None for r in pred.predict_paths(paths))
+
+
+def test_docs_pages_only_when_asked(run_dir):
+    from fastapi.testclient import TestClient
+
+    from cxrlab.serving.app import create_app
+
+    assert TestClient(create_app(run_dir, docs=True)).get("/docs").status_code == 200
+
+
+def test_unknown_routes_and_bad_requests_answer_error_like_the_rest(client):
+    r = client.get("/no/such/route")
+    assert r.status_code == 404 and set(r.json()) == {"error"}
+    r = client.post("/api/quiz/answer", json={"id": "x"})
+    assert r.status_code == 422 and set(r.json()) == {"error"} and "id" in r.json()["error"]
+    assert client.get("/favicon.ico").status_code == 204  # the page's favicon request does not 404
+
+
+def test_quiz_draws_without_replacement_per_session_and_names_the_majority_rate(client, run_dir):
+    import pandas as pd
+
+    split = pd.read_csv(run_dir / "split.csv")
+    test = split[split["split"] == "test"]
+    ids = [client.get("/api/quiz/next?session=alice").json()["id"] for _ in range(len(test))]
+    assert sorted(ids) == list(range(len(test)))  # every image once before any repeats
+    majority = client.get("/api/model").json()["quiz_majority"]
+    rate = max(test["y"].mean(), 1 - test["y"].mean())
+    assert majority["rate"] == pytest.approx(rate) and majority["label"] in ("effusion", "normal")
+
+
+def test_quiz_errors_never_show_server_paths(run_dir, tmp_path):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from cxrlab.serving.app import create_app
+
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    split = (moved / "split.csv").read_text().splitlines()
+    first_test = next(i for i, line in enumerate(split) if line.endswith(",test"))
+    split[first_test] = "/etc/hostname" + split[first_test][split[first_test].index(","):]
+    (moved / "split.csv").write_text("\n".join(split) + "\n")
+    quiz_client = TestClient(create_app(moved), raise_server_exceptions=False)
+    for r in (quiz_client.get("/api/quiz/image/0"),
+              quiz_client.post("/api/quiz/answer", json={"id": 0, "guess": "finding"})):
+        assert r.status_code == 500 and r.json() == {"error": "quiz image 0 cannot be read on the server (its log says why)"}
+
+
+def test_a_stalled_upload_is_closed(run_dir):
+    """A client that declares a body and stops sending gets 408 after the upload timeout."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from cxrlab.serving.app import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(run_dir, upload_timeout=1.0), host="127.0.0.1", port=port,
+                                           log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                         b"Content-Length: 5000\r\n\r\n--b\r\n")
+            t0 = time.perf_counter()
+            reply = conn.recv(4096).decode()
+            waited = time.perf_counter() - t0
+        assert reply.startswith("HTTP/1.1 408") and "upload stalled" in reply and waited < 8
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
