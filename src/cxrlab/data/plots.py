@@ -5,25 +5,24 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+# matplotlib through its object-oriented Figure API: no pyplot, so no backend switch or figure
+# registry in the process (a notebook importing cxrlab keeps its own)
+from matplotlib.figure import Figure
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from .augment import build_augment  # noqa: E402
+from .augment import build_augment
 
 
 def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
 def class_distribution(summary: dict, path: Path) -> Path:
     """Bars per class, stacked by split when there is one."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     if "by_split" in summary:
         splits = [s for s in ("train", "val", "test") if s in summary["by_split"]]
         classes = list(summary["classes"])
@@ -48,7 +47,8 @@ def sample_grid(data, path: Path, per_class: int = 6, seed: int = 0) -> Path:
     key = frame["y"].map({1: data.task.positive, 0: "/".join(data.task.negatives)}) if data.task else frame["labels"]
     classes = sorted(key.unique())[:8]
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 1.6, len(classes) * 1.8), squeeze=False)
+    fig = Figure(figsize=(per_class * 1.6, len(classes) * 1.8))
+    axes = fig.subplots(len(classes), per_class, squeeze=False)
     for r, cls in enumerate(classes):
         rows = frame.loc[key == cls, "row"].to_numpy()
         pick = rng.choice(rows, size=min(per_class, len(rows)), replace=False)
@@ -68,7 +68,8 @@ def augmentation_grid(data, path: Path, n: int = 8, seed: int = 0) -> Path:
     transform = build_augment(cfg)
     torch.manual_seed(seed)
     source = data.images[int(data.frame["row"].iat[0])]
-    fig, axes = plt.subplots(1, n + 1, figsize=((n + 1) * 1.6, 2))
+    fig = Figure(figsize=((n + 1) * 1.6, 2))
+    axes = fig.subplots(1, n + 1)
     axes[0].imshow(source, cmap="gray", vmin=0, vmax=255)
     axes[0].set_title("original", fontsize=8)
     img = torch.from_numpy(np.array(source)).unsqueeze(0)

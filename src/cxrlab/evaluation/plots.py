@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+# matplotlib through its object-oriented Figure API: no pyplot, so no backend switch or figure
+# registry in the process (a notebook importing cxrlab keeps its own)
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_curve  # noqa: E402
-
-from .metrics import patient_resamples  # noqa: E402
+from .metrics import patient_resamples
 
 FPR_GRID = np.linspace(0, 1, 101)
 
@@ -20,7 +19,6 @@ FPR_GRID = np.linspace(0, 1, 101)
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -37,7 +35,8 @@ def roc_band(y, score, patients, n_resamples: int = 200, seed: int = 0):
 
 
 def roc_plot(y, score, patients, metrics: dict, path: Path, title: str = "") -> Path:
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.subplots()
     if len(np.unique(y)) == 2:
         fpr, tpr, _ = roc_curve(y, score)
         band = roc_band(y, score, patients)
@@ -55,7 +54,8 @@ def roc_plot(y, score, patients, metrics: dict, path: Path, title: str = "") -> 
 
 
 def pr_plot(y, score, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.subplots()
     if len(np.unique(y)) == 2:
         precision, recall, _ = precision_recall_curve(y, score)
         ax.plot(recall, precision)
@@ -68,14 +68,16 @@ def pr_plot(y, score, path: Path) -> Path:
 def confusion_plot(metrics: dict, labels: list[str], path: Path) -> Path:
     cm = metrics["confusion_matrix"]
     matrix = np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
-    fig, ax = plt.subplots(figsize=(4, 3.6))
+    fig = Figure(figsize=(4, 3.6))
+    ax = fig.subplots()
     ConfusionMatrixDisplay(matrix, display_labels=labels).plot(ax=ax, colorbar=False, cmap="Blues")
     ax.set_title(f"threshold {metrics['threshold']:.3f}")
     return _save(fig, path)
 
 
 def histogram_plot(y, score, threshold: float, labels: list[str], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
     bins = np.linspace(0, 1, 26)
     for value, name in ((0, labels[0]), (1, labels[1])):
         ax.hist(score[y == value], bins=bins, alpha=0.6, label=name)
@@ -89,7 +91,8 @@ def threshold_plot(y, score, threshold: float, path: Path) -> Path:
     grid = np.linspace(0, 1, 201)
     sens = [np.mean(score[y == 1] >= t) if (y == 1).any() else np.nan for t in grid]
     spec = [np.mean(score[y == 0] < t) if (y == 0).any() else np.nan for t in grid]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
     ax.plot(grid, sens, label="sensitivity")
     ax.plot(grid, spec, label="specificity")
     ax.axvline(threshold, color="crimson", ls="--", label="chosen threshold")
@@ -100,7 +103,8 @@ def threshold_plot(y, score, threshold: float, path: Path) -> Path:
 
 def reliability_plot(calibration: dict, path: Path) -> Path:
     curve = calibration["curve"]
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8, label="perfect calibration")
     ax.plot(curve["mean_predicted"], curve["fraction_positive"], "o-",
             label=f"model (ECE {calibration['ece']:.3f}, Brier {calibration['brier']:.3f})")
@@ -112,7 +116,8 @@ def reliability_plot(calibration: dict, path: Path) -> Path:
 
 def roc_overlay(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path) -> Path:
     """One ROC per run, for `compare`."""
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     for name, y, score in curves:
         if len(np.unique(y)) == 2:
             fpr, tpr, _ = roc_curve(y, score)

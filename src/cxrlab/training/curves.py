@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+# matplotlib through its object-oriented Figure API: no pyplot, so no backend switch or figure
+# registry in the process (a notebook importing cxrlab keeps its own)
+from matplotlib.figure import Figure
+import pandas as pd
 
 
 def plot_learning_curves(history: pd.DataFrame, path: str | Path) -> Path:
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    fig = Figure(figsize=(12, 3.2))
+    axes = fig.subplots(1, 3)
     for ax, metric in zip(axes, ("loss", "acc", "auc")):
         for split in ("train", "val"):
             col = f"{split}_{metric}"
@@ -23,5 +23,4 @@ def plot_learning_curves(history: pd.DataFrame, path: str | Path) -> Path:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
