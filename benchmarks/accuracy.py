@@ -22,11 +22,13 @@ from pathlib import Path
 
 import yaml
 
-from cxrlab.config import LESSON_LR, DataConfig, TrainConfig, with_overrides
-from cxrlab.evaluation import binary_metrics, bootstrap_ci, predict_split
-from cxrlab.evaluation.predict import run_tta
-from cxrlab.evaluation.thresholds import choose_threshold
+from cxrlab.config import RECIPES as NAMED_RECIPES
+from cxrlab.config import DataConfig, TrainConfig, with_overrides
+from cxrlab.evaluation import binary_metrics, bootstrap_ci
+from cxrlab.inference import RunModel, run_tta
+from cxrlab.inference.thresholds import choose_threshold
 from cxrlab.training import train
+from cxrlab.allocator import keep_freed_memory
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASKS = {
@@ -36,9 +38,7 @@ TASKS = {
 }
 # (a) the lesson: seed-cnn, per-image standardisation, 256 px, Adam, batch 16, 10 epochs, best val
 # loss, no augmentation, no class weights, a constant learning rate, plain-image scores.
-SEED_RECIPE = dict(model="seed-cnn", epochs=10, batch_size=16, lr=LESSON_LR, class_weights=False, monitor="val_loss",
-                   early_stopping=0, lr_patience=0, augment=False, image_size=256, normalization="standardize",
-                   precision="fp32", max_train_images=0, ema_decay=0.0, tta=0)
+SEED_RECIPE = NAMED_RECIPES["lesson"]
 # (b) cxrlab's default: the TrainConfig defaults (what `cxrlab train` does with no options), scored
 # as cxrlab scores its runs (8 test-time views; `--set tta=0` for the plain image).
 DEFAULT_RECIPE: dict = {}
@@ -56,8 +56,9 @@ def run_one(task: str, recipe: str, seed: int, train_seed: int, workdir: Path, c
                          seed=train_seed, split_seed=seed)
     t0 = time.perf_counter()
     run = train(cfg, workdir / f"{task}-{recipe}-{seed}-{train_seed}", overwrite=True)
-    val = predict_split(run.dir.path, "val")
-    test = predict_split(run.dir.path, "test")
+    model = RunModel(run.dir.path)
+    data = model.own_data()
+    val, test = model.score_data(data, "val"), model.score_data(data, "test")
     wall = time.perf_counter() - t0
     thr = choose_threshold("youden", val["y"].to_numpy(), val["score"].to_numpy())
     m = binary_metrics(test["y"], test["score"], thr)
@@ -68,6 +69,7 @@ def run_one(task: str, recipe: str, seed: int, train_seed: int, workdir: Path, c
 
 
 def main() -> int:
+    keep_freed_memory()  # as cxrlab's own processes do (cli.main)
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--recipes", default="seed,default")

@@ -38,8 +38,10 @@ import numpy as np
 import torch
 
 from cxrlab.allocator import keep_freed_memory
+from cxrlab.accel import accelerate
 from cxrlab.models import ModelSpec, create_model
-from cxrlab.training.device import adam, autocast, cpu_has_native_bf16, training_memory_format
+from cxrlab.device import autocast, cpu_has_native_bf16
+from cxrlab.training.device import adam, training_memory_format
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "benchmarks" / "reference" / "seed_keras.py"
@@ -51,7 +53,7 @@ ALL_ROWS = "train,infer,workflow,frozen,data,memory"
 # -- cxrlab side: the code paths `cxrlab train` and `cxrlab predict` use ------------------------------
 def train_throughput(steps: int, batch: int = 16, model_name: str = "seed-cnn") -> float:
     torch.manual_seed(0)
-    model = create_model(ModelSpec(model_name))
+    model = accelerate(create_model(ModelSpec(model_name)))  # as the trainer does on CPU
     fmt = training_memory_format(model, CPU)
     model = model.to(memory_format=fmt)
     opt = adam(model.parameters(), CPU)
@@ -75,7 +77,7 @@ def train_throughput(steps: int, batch: int = 16, model_name: str = "seed-cnn") 
 
 @torch.no_grad()
 def inference(batches: int, singles: int, batch: int = 64) -> dict:
-    model = create_model(ModelSpec("seed-cnn")).eval().to(memory_format=torch.channels_last)
+    model = accelerate(create_model(ModelSpec("seed-cnn"))).eval().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 1, 256, 256).contiguous(memory_format=torch.channels_last)
     one = x[:1].contiguous(memory_format=torch.channels_last)
     with autocast(CPU):
@@ -99,16 +101,12 @@ def inference(batches: int, singles: int, batch: int = 64) -> dict:
 def lesson_config(source: str, positive: str, negative: list[str] | None, cache: str, epochs: int = 10, **kw):
     """The lesson's recipe as a cxrlab config; cxrlab's speed levers (bf16 where native, channels_last,
     the image cache) stay on, as they are in `cxrlab train --model seed-cnn`."""
-    from cxrlab.config import LESSON_LR, AugmentConfig, DataConfig, TrainConfig
+    from cxrlab.config import TrainConfig
 
     data = kw.pop("data", {})
-    kw.setdefault("lr", LESSON_LR)
-    return TrainConfig(source=source, positive=positive, negative=negative, model="seed-cnn", epochs=epochs,
-                       batch_size=16, class_weights=False, monitor="val_loss", early_stopping=0, lr_patience=0,
-                       max_train_images=0, ema_decay=0.0, **kw,
-                       data=DataConfig(image_size=data.get("image_size", 256), cache_dir=cache,
-                                       normalization=data.get("normalization", "standardize"),
-                                       augment=AugmentConfig(enabled=False)))
+    return TrainConfig.recipe("lesson", source=source, positive=positive, negative=negative, epochs=epochs,
+                              precision="auto", cache_dir=cache, image_size=data.get("image_size", 256),
+                              normalization=data.get("normalization", "standardize"), **kw)
 
 
 def workflow(source: str, positive: str, negative: list[str] | None, workdir: Path, epochs: int,
@@ -116,13 +114,14 @@ def workflow(source: str, positive: str, negative: list[str] | None, workdir: Pa
     """Cold cache to test predictions, as the reference does it: wall seconds and test AUC."""
     from sklearn.metrics import roc_auc_score
 
-    from cxrlab.evaluation import predict_split
+    from cxrlab.inference import RunModel
     from cxrlab.training import train
 
     t0 = time.perf_counter()
     run = train(lesson_config(source, positive, negative, str(workdir / "cache"), epochs, seed=seed),
                 workdir / "run", overwrite=True)
-    test = predict_split(run.dir.path, "test")
+    model = RunModel(run.dir.path)
+    test = model.score_data(model.own_data(), "test")
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "train_s": run.info["train_seconds"], "test_auc": roc_auc_score(test["y"], test["score"]),
             "split": str(run.dir.split)}
@@ -240,12 +239,10 @@ def _variant(fmt, lesson_order: bool, aten_pool: bool) -> torch.nn.Module:
     """seed-cnn with one of cxrlab's model-level levers undone."""
     from torch import nn
 
-    from cxrlab.models.seed_cnn import MaxPool2x2
-
     model = create_model(ModelSpec("seed-cnn"))
+    if not aten_pool:  # ATen's pools (and so no fused first block): the model as its file writes it
+        accelerate(model)
     layers = list(model.features)
-    if aten_pool:
-        layers = [nn.MaxPool2d(2) if isinstance(m, MaxPool2x2) else m for m in layers]
     if lesson_order:  # ReLU, then max-pool
         for i in range(len(layers) - 1):
             if isinstance(layers[i], nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
@@ -257,7 +254,7 @@ def _variant(fmt, lesson_order: bool, aten_pool: bool) -> torch.nn.Module:
 def lever_rates(repeats: int, fmt=torch.channels_last, bf16: bool = True, lesson_order: bool = False,
                 aten_pool: bool = False, kernels: bool = True) -> dict:
     """Training (batch 16) and inference (batch 64) img/s of seed-cnn, medians of `repeats`."""
-    from cxrlab.models import cpu_kernels
+    from cxrlab.accel import kernels as cpu_kernels
 
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     train_rates, infer_rates = [], []
@@ -328,7 +325,7 @@ def main() -> int:
     ap.add_argument("--probe-negative", action="append", default=[], help=argparse.SUPPRESS)
     ap.add_argument("--probe-epochs", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    keep_freed_memory()  # as cxrlab's own CPU paths do (training/device.py select_device)
+    keep_freed_memory()  # as cxrlab's own processes do (cli.main)
     if args.probe_source:
         return memory_probe(args)
     if args.lever_row:

@@ -84,10 +84,7 @@ requires_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../s
 def lesson_config(source, image_size: int, epochs: int, cache_dir, **kw):
     """The lesson's recipe (seed-cnn, no augmentation, best val loss, no early stop) on small data:
     fast and deterministic for tests that need a trained run."""
-    from cxrlab.config import LESSON_LR, AugmentConfig, DataConfig, TrainConfig
+    from cxrlab.config import TrainConfig
 
-    kw.setdefault("lr", LESSON_LR)
-    return TrainConfig(source=str(source), positive="effusion", epochs=epochs, model="seed-cnn",
-                       monitor="val_loss", early_stopping=0, **kw,
-                       data=DataConfig(image_size=image_size, cache_dir=str(cache_dir),
-                                       augment=AugmentConfig(enabled=False)))
+    return TrainConfig.recipe("lesson", source=str(source), positive="effusion", epochs=epochs,
+                              image_size=image_size, cache_dir=str(cache_dir), **kw)

@@ -1,4 +1,4 @@
-"""cxrlab's CPU kernels (models/cpu_kernels.py) compute what PyTorch's operators compute, and fall back cleanly."""
+"""cxrlab's CPU kernels (accel/kernels.py) compute what PyTorch's operators compute, and fall back cleanly."""
 
 import logging
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cxrlab.models import cpu_kernels
-from cxrlab.models.seed_cnn import MaxPool2x2
+from cxrlab.accel import FastMaxPool2x2 as MaxPool2x2
+from cxrlab.accel import accelerate, plain
+from cxrlab.accel import kernels as cpu_kernels
 
 needs_kernel = pytest.mark.skipif(cpu_kernels._library() is None, reason="no C++ compiler: the kernel is not built")
 
@@ -109,9 +110,9 @@ def test_seed_cnn_training_uses_the_kernels_and_matches_pytorch(monkeypatch):
 
     calls = []
     fused = cpu_kernels.conv1_pool
-    monkeypatch.setattr("cxrlab.models.seed_cnn.conv1_pool", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    monkeypatch.setattr("cxrlab.accel.conv1_pool", lambda *a, **k: calls.append(1) or fused(*a, **k))
     torch.manual_seed(0)
-    model = create_model(ModelSpec("seed-cnn", image_size=64)).to(memory_format=torch.channels_last)
+    model = accelerate(create_model(ModelSpec("seed-cnn", image_size=64))).to(memory_format=torch.channels_last)
     x = torch.randn(4, 1, 64, 64).contiguous(memory_format=torch.channels_last)
     grads = []
     for lib in (cpu_kernels._library(), None):
@@ -131,11 +132,11 @@ def test_seed_cnn_inference_uses_the_fused_block_with_pytorchs_bf16_output(monke
     from cxrlab.models import ModelSpec, create_model
 
     torch.manual_seed(0)
-    model = create_model(ModelSpec("seed-cnn", image_size=64)).eval().to(memory_format=torch.channels_last)
+    model = accelerate(create_model(ModelSpec("seed-cnn", image_size=64))).eval().to(memory_format=torch.channels_last)
     x = torch.randn(5, 1, 64, 64).contiguous(memory_format=torch.channels_last)
     calls = []
     fused = cpu_kernels.conv1_pool
-    monkeypatch.setattr("cxrlab.models.seed_cnn.conv1_pool", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    monkeypatch.setattr("cxrlab.accel.conv1_pool", lambda *a, **k: calls.append(1) or fused(*a, **k))
     outs = []
     for lib in (cpu_kernels._library(), None):
         monkeypatch.setitem(cpu_kernels._state, "lib", lib)
@@ -149,7 +150,7 @@ def test_a_hook_on_the_first_block_keeps_the_plain_layers():
     """Saliency methods hook layers: a hooked first conv must see its input, so the fused path steps aside."""
     from cxrlab.models import ModelSpec, create_model
 
-    model = create_model(ModelSpec("seed-cnn", image_size=64))
+    model = accelerate(create_model(ModelSpec("seed-cnn", image_size=64)))
     seen = []
     model.features[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
     model(torch.randn(2, 1, 64, 64)).sum().backward()
@@ -172,7 +173,7 @@ def test_no_kernel_means_aten_with_a_warning(monkeypatch, tmp_path, caplog, env)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(cpu_kernels, "_state", {})
-    with caplog.at_level(logging.WARNING, logger="cxrlab.models.cpu_kernels"):
+    with caplog.at_level(logging.WARNING, logger="cxrlab.accel.kernels"):
         x = torch.randn(2, 8, 8, 8, requires_grad=True)
         assert cpu_kernels.pool2x2(x) is None
         y = MaxPool2x2()(x)
@@ -188,7 +189,29 @@ def test_tracing_records_pytorch_operators_not_the_kernels():
     from cxrlab.models import ModelSpec, create_model
 
     torch.manual_seed(0)
-    model = create_model(ModelSpec("seed-cnn", image_size=64)).eval()
+    model = accelerate(create_model(ModelSpec("seed-cnn", image_size=64))).eval()
     traced = torch.jit.trace(model, torch.randn(2, 1, 64, 64), check_trace=False)
     x = torch.randn(2, 1, 64, 64)
     assert torch.allclose(traced(x), model(x), atol=1e-5)
+
+
+def test_accelerate_keeps_the_parameters_and_plain_undoes_it():
+    """The speed-ups live outside the model files: a plain model's state dict loads into an accelerated
+    one unchanged, and `plain` gives back the layers as written (what saliency hooks and export trace)."""
+    from cxrlab.models import ModelSpec, create_model
+    from cxrlab.models.seed_cnn import SeedCNN
+
+    for name in ("seed-cnn", "seed-cnn-bn", "kaggle-cnn"):
+        torch.manual_seed(0)
+        model = create_model(ModelSpec(name, image_size=64)).eval()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        x = torch.randn(3, 1, 64, 64)
+        with torch.no_grad():
+            ref = model(x)
+            fast = accelerate(model)
+            assert any(isinstance(m, MaxPool2x2) for m in fast.modules())
+            assert torch.allclose(fast(x), ref, atol=1e-6)
+        assert all(torch.equal(before[k], v) for k, v in fast.state_dict().items())
+        back = plain(fast)
+        assert not any(isinstance(m, MaxPool2x2) for m in back.modules())
+        assert type(back) is (SeedCNN if name.startswith("seed") else type(back))

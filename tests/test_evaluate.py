@@ -10,10 +10,11 @@ from sklearn.metrics import (average_precision_score, balanced_accuracy_score, f
 from conftest import lesson_config
 from cxrlab.demo import make_demo_data
 from cxrlab.errors import ConfigError, CxrlabError, DataError
-from cxrlab.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from cxrlab.evaluation.calibration import expected_calibration_error
+from cxrlab.inference.calibration import apply_temperature, fit_temperature
 from cxrlab.evaluation.metrics import (auc_weighted, binary_metrics, bootstrap_ci, patient_resamples,
                                       patient_weights, sensitivity_at, specificity_at)
-from cxrlab.evaluation.thresholds import choose_threshold
+from cxrlab.inference.thresholds import choose_threshold
 from cxrlab.training import train
 
 
@@ -200,10 +201,11 @@ def test_missing_run_file_is_named(trained_run, tmp_path):
 
 
 def test_tta_averages_augmented_passes(trained_run):
-    from cxrlab.evaluation.predict import predict_split
+    from cxrlab.inference import RunModel
 
-    plain = predict_split(trained_run, "test")
-    tta = predict_split(trained_run, "test", tta=4)
+    plain_model, tta_model = RunModel(trained_run), RunModel(trained_run, tta=4)
+    plain = plain_model.score_data(plain_model.own_data(), "test")
+    tta = tta_model.score_data(tta_model.own_data(), "test")
     assert list(plain["path"]) == list(tta["path"])
     assert not np.allclose(plain["score"], tta["score"]) and tta["score"].between(0, 1).all()
 
@@ -211,13 +213,15 @@ def test_tta_averages_augmented_passes(trained_run):
 def test_calibrate_stores_a_temperature_and_keeps_the_ranking(trained_run, tmp_path):
     import shutil
 
-    from cxrlab.evaluation.evaluate import evaluate_run
+    from cxrlab.evaluation.evaluate import evaluate_run, store_operating_point
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    (run / "threshold.json").unlink(missing_ok=True)
-    plain = evaluate_run(run, n_resamples=50, policy="youden")
-    calibrated = evaluate_run(run, n_resamples=50, policy="youden", calibrate=True)
+    store_operating_point(run, "youden")
+    plain = evaluate_run(run, n_resamples=50)
+    store_operating_point(run, "youden", calibrate=True)
+    calibrated = evaluate_run(run, n_resamples=50)
     stored = json.loads((run / "threshold.json").read_text())
     assert stored["temperature"] > 0 and calibrated["operating_point"]["temperature"] == stored["temperature"]
+    assert calibrated["operating_point"]["stored"] and plain["operating_point"]["policy"] == "youden"
     assert calibrated["auc"] == pytest.approx(plain["auc"])  # temperature scaling is monotonic

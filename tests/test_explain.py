@@ -117,12 +117,11 @@ def demo_run(tmp_path_factory):
 
 def test_sanity_check_fails_an_edge_detector_and_passes_gradcam(demo_run):
     run, demo = demo_run
-    from cxrlab.evaluation.predict import load_run_model
-
     from cxrlab.data.preprocess import normalize
+    from cxrlab.inference import RunModel
     from cxrlab.saliency import load_images
 
-    model, _ = load_run_model(run, device="cpu")
+    model = RunModel(run, device="cpu").model
     paths = sorted((demo / "data" / "effusion").glob("*.png"))[:4] + sorted((demo / "data" / "normal").glob("*.png"))[:4]
     x = normalize(torch.from_numpy(load_images([str(p) for p in paths], 128)[0]).unsqueeze(1), "standardize")
 

@@ -147,14 +147,37 @@ def test_onnx_export_matches_torch_and_runs_without_torch(run_dir, tmp_path):
         ref = predictor.model.float()(x).numpy()
     out = ort.InferenceSession(str(tmp_path / "exp" / "model.onnx")).run(None, {"image": x.numpy()})[0]
     assert np.abs(out - ref).max() < 1e-4
-    image = tmp_path / "x.png"
-    image.write_bytes(a_test_image(run_dir))
+    # a PNG, a 512 px JPEG (cxrlab decodes it with Pillow's draft()) and a 12-bit DICOM: the standalone
+    # script reads them with cxrlab's own preprocessing, shipped beside it, and gives cxrlab's plain score
+    from test_images import write_dicom
+
+    pixels = np.asarray(Image.open(io.BytesIO(a_test_image(run_dir))).convert("L"))
+    images = [tmp_path / "x.png", tmp_path / "x.jpeg", tmp_path / "x.dcm"]
+    images[0].write_bytes(a_test_image(run_dir))
+    Image.fromarray(pixels).resize((512, 512)).save(images[1], quality=90)
+    write_dicom(images[2], pixels.astype(np.uint16) * 16, WindowCenter=2048, WindowWidth=4096)
     code = ("import sys, runpy; sys.modules['torch'] = None; "  # importing torch now fails
-            f"sys.argv = ['p', {str(image)!r}]; runpy.run_path({str(tmp_path / 'exp' / 'onnx_predict.py')!r}, run_name='__main__')")
+            f"sys.argv = ['p', *{[str(i) for i in images]!r}]; "
+            f"runpy.run_path({str(tmp_path / 'exp' / 'onnx_predict.py')!r}, run_name='__main__')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    standalone = json.loads(proc.stdout)[0]
-    assert standalone["probability"] == pytest.approx(predictor.predict_paths([str(image)])[0].probability, abs=1e-4)
+    standalone = [r["probability"] for r in json.loads(proc.stdout)]
+    plain = Predictor(run_dir, device="cpu", tta=0).predict_proba(np.stack([predictor.read(str(i)) for i in images]))
+    assert np.abs(np.array(standalone) - plain).max() < 1e-4
+
+
+def test_numpy_and_torch_normalisation_agree():
+    import torch
+
+    from cxrlab.data.images import normalize_array
+    from cxrlab.data.preprocess import normalize
+
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (5, 40, 40), dtype=np.uint8)
+    batch[0] = 7  # a blank image stays 0 in both
+    for mode, channels in (("standardize", 1), ("standardize", 3), ("unit", 1), ("imagenet", 3)):
+        ref = normalize(torch.from_numpy(batch).unsqueeze(1), mode, channels).numpy()
+        assert np.abs(normalize_array(batch, mode, channels) - ref).max() < 1e-5, mode
 
 
 def test_torchscript_export(run_dir, tmp_path):
@@ -206,10 +229,10 @@ def test_batched_scores_and_heatmaps_equal_one_at_a_time(run_dir):
 
     pred = Predictor(run_dir, device="cpu")
     split = pd.read_csv(run_dir / "split.csv")
-    pixels = [pred.pixels(p) for p in split["path"].iloc[:4]]
+    pixels = [pred.read(p) for p in split["path"].iloc[:4]]
     batched = pred.score_batch([(px, "gradcam" if i % 2 else None) for i, px in enumerate(pixels)])
     for i, (px, (p, cam)) in enumerate(zip(pixels, batched)):
-        assert abs(p - float(pred.probabilities(px[None])[0])) < 1e-5
+        assert abs(p - float(pred.predict_proba(px[None])[0])) < 1e-5
         if i % 2:
             assert np.allclose(cam, pred.heatmap(px, "gradcam"), atol=1e-4)
         else:
@@ -252,8 +275,8 @@ def test_onnxruntime_backend_scores_like_torch(run_dir):
     torch_pred = Predictor(run_dir, device="cpu")
     ort_pred = Predictor(run_dir, device="cpu", backend="onnxruntime")
     assert torch_pred.backend == "torch" and ort_pred.backend == "onnxruntime"
-    pixels = np.stack([torch_pred.pixels(p) for p in split["path"].iloc[:6]])
-    assert np.abs(ort_pred.probabilities(pixels) - torch_pred.probabilities(pixels)).max() < 1e-5
+    pixels = np.stack([torch_pred.read(p) for p in split["path"].iloc[:6]])
+    assert np.abs(ort_pred.predict_proba(pixels) - torch_pred.predict_proba(pixels)).max() < 1e-5
 
 
 def test_predict_paths_heatmaps_equal_one_image_at_a_time(run_dir):
@@ -266,7 +289,7 @@ def test_predict_paths_heatmaps_equal_one_image_at_a_time(run_dir):
     results = pred.predict_paths(paths, method="gradcam")
     for path, r in zip(paths, results):
         assert r.heatmap.shape == (96, 96)
-        assert np.allclose(r.heatmap, pred.heatmap(pred.pixels(path), "gradcam"), atol=1e-4)
+        assert np.allclose(r.heatmap, pred.heatmap(pred.read(path), "gradcam"), atol=1e-4)
     assert all(r.heatmap is None for r in pred.predict_paths(paths))
 
 

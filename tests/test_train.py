@@ -22,12 +22,10 @@ def demo_dir(tmp_path_factory) -> Path:
 
 
 def config(demo_dir, tmp_path, **kw) -> TrainConfig:
-    """The lesson's network without augmentation, unless a test asks otherwise."""
-    data = DataConfig(image_size=64, cache_dir=str(tmp_path / "cache"),
-                      augment=AugmentConfig(enabled=kw.pop("augment", False)))
-    kw.setdefault("lr", LESSON_LR)
-    return TrainConfig(source=str(demo_dir), positive="effusion", epochs=kw.pop("epochs", 3), data=data,
-                       model=kw.pop("model", "seed-cnn"), early_stopping=kw.pop("early_stopping", 0), **kw)
+    """The lesson's recipe on 64 px images, 3 epochs, unless a test asks otherwise."""
+    kw.setdefault("epochs", 3)
+    return TrainConfig.recipe("lesson", source=str(demo_dir), positive="effusion", image_size=64,
+                              cache_dir=str(tmp_path / "cache"), **kw)
 
 
 def test_run_directory_contents(demo_dir, tmp_path):
@@ -248,10 +246,11 @@ def test_two_process_ddp_gives_one_consistent_checkpoint(demo_dir, tmp_path):
     assert run.info["processes"] == 2 and len(run.history) == 2
     assert sorted(p.name for p in (tmp_path / "run").glob("*.ckpt")) == ["last.ckpt"]
     # The saved weights reproduce the logged validation loss: the checkpoint is the trained model.
-    from cxrlab.evaluation import predict_split
+    from cxrlab.inference import RunModel
     from torch.nn.functional import binary_cross_entropy
 
-    val = predict_split(tmp_path / "run", "val")
+    model = RunModel(tmp_path / "run")
+    val = model.score_data(model.own_data(), "val")
     loss = binary_cross_entropy(torch.tensor(val["score"].to_numpy(), dtype=torch.float64),
                                 torch.tensor(val["y"].to_numpy(), dtype=torch.float64))
     best = run.history.loc[run.history["epoch"] == run.best_epoch, "val_loss"].item()

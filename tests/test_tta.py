@@ -57,7 +57,7 @@ def test_no_ranges_means_views_equal_to_the_image():
 
 
 def test_runs_use_views_only_when_they_trained_with_augmentation(augmented_run):
-    from cxrlab.evaluation.predict import run_tta
+    from cxrlab.inference import run_tta
 
     assert run_tta(TrainConfig()) == 8
     off = TrainConfig()
@@ -68,34 +68,40 @@ def test_runs_use_views_only_when_they_trained_with_augmentation(augmented_run):
 
 
 def test_an_images_score_does_not_depend_on_where_it_is_scored(augmented_run):
-    from cxrlab.evaluation.predict import load_run_model, run_data, score_split
+    from cxrlab.inference import RunModel
     from cxrlab.serving import Predictor
 
-    model, cfg = load_run_model(augmented_run, "cpu")
-    scored = score_split(model, cfg, run_data(augmented_run, cfg), "test")
-    plain = score_split(model, cfg, run_data(augmented_run, cfg), "test", tta=0)
+    model = RunModel(augmented_run, "cpu")
+    scored = model.score_data(model.own_data(), "test")
+    plain = RunModel(augmented_run, "cpu", tta=0).score_data(model.own_data(), "test")
     assert not np.allclose(scored["score"], plain["score"])
     pred = Predictor(augmented_run, device="cpu")
-    assert len(pred.views) == 8  # not evaluated yet: the run's own setting
-    one_by_one = [pred.probabilities(pred.pixels(p)[None])[0] for p in scored["path"].iloc[:5]]
+    assert len(pred.views) == 8  # the operating point train stored: the run's own setting
+    one_by_one = [pred.predict_proba(pred.read(p)[None])[0] for p in scored["path"].iloc[:5]]
     assert np.allclose(one_by_one, scored["score"].iloc[:5], atol=1e-5)
 
 
 def test_the_threshold_is_chosen_on_scores_made_like_the_ones_it_cuts(augmented_run, tmp_path):
     import shutil
 
-    from cxrlab.evaluation.evaluate import evaluate_run
+    from cxrlab.evaluation.evaluate import evaluate_run, store_operating_point
     from cxrlab.serving import Predictor
 
     run = tmp_path / "run"
     shutil.copytree(augmented_run, run)
     m = evaluate_run(run, n_resamples=50)
-    stored = json.loads((run / "threshold.json").read_text())
+    stored = json.loads((run / "threshold.json").read_text())  # train stored it
     assert m["tta"] == 8 and stored["tta"] == 8 and len(Predictor(run, device="cpu").views) == 8
-    m0 = evaluate_run(run, tta=0, n_resamples=50)  # plain scores: the threshold is chosen again
-    assert m0["tta"] == 0 and json.loads((run / "threshold.json").read_text())["tta"] == 0
+    assert m["operating_point"]["stored"] and m["threshold"] == stored["threshold"]
+    m0 = evaluate_run(run, tta=0, n_resamples=50)  # plain scores: a threshold chosen again, for this evaluation only
+    assert m0["tta"] == 0 and not m0["operating_point"]["stored"]
     assert m0["operating_point"]["threshold"] != stored["threshold"]
-    assert Predictor(run, device="cpu").views == []  # and predictions follow the stored threshold's scores
+    # evaluation is read-only: predict keeps the threshold it had before `evaluate --tta 0`
+    assert json.loads((run / "threshold.json").read_text()) == stored
+    assert Predictor(run, device="cpu").threshold == stored["threshold"]
+    store_operating_point(run, tta=0)  # `cxrlab threshold RUN --tta 0`: now predict scores plain images
+    assert Predictor(run, device="cpu").views == []
+    assert Predictor(run, device="cpu").threshold == pytest.approx(m0["operating_point"]["threshold"])
 
 
 def test_export_gets_a_threshold_chosen_on_plain_scores(augmented_run, tmp_path):
@@ -106,7 +112,6 @@ def test_export_gets_a_threshold_chosen_on_plain_scores(augmented_run, tmp_path)
 
     run = tmp_path / "run"
     shutil.copytree(augmented_run, run)
-    evaluate_run(run, n_resamples=50)
     with_views = json.loads((run / "threshold.json").read_text())
     export_run(run, out=tmp_path / "export")
     exported = json.loads((tmp_path / "export" / "preprocess.json").read_text())
@@ -131,11 +136,11 @@ def test_explain_shows_the_probability_predict_gives(augmented_run):
 def test_choosing_again_for_other_views_keeps_the_calibration(augmented_run, tmp_path):
     import shutil
 
-    from cxrlab.evaluation.evaluate import evaluate_run
+    from cxrlab.evaluation.evaluate import evaluate_run, store_operating_point
 
     run = tmp_path / "run"
     shutil.copytree(augmented_run, run)
-    calibrated = evaluate_run(run, calibrate=True, n_resamples=50)["operating_point"]
+    calibrated = store_operating_point(run, calibrate=True).to_dict()
     plain = evaluate_run(run, tta=0, n_resamples=50)["operating_point"]
     assert calibrated["temperature"] and plain["temperature"] and plain["tta"] == 0
     assert plain["policy"] == calibrated["policy"]

@@ -106,6 +106,8 @@ def train(
     data: Optional[Path] = typer.Argument(None, help="Training data (any layout `data summary` reads)."),
     out: Optional[Path] = typer.Option(None, help="Run directory to create (default runs/<model>)."),
     config: Optional[Path] = typer.Option(None, help="A config.yaml (e.g. RUN/config.yaml); flags override it."),
+    recipe: Optional[str] = typer.Option(None, help="Start from a named recipe: default (cxrlab's) or lesson (the "
+                                         "lesson's: seed-cnn, lr 1e-3, 10 epochs, no augmentation...); flags override it."),
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from RUN/last.ckpt."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     positive: Optional[str] = typer.Option(None, help="Positive label, e.g. Effusion."),
@@ -138,6 +140,7 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda, cuda:N."),
     precision: Optional[str] = typer.Option(None, help="auto (mixed on GPU, bf16 on CPUs with native bf16, else fp32), fp32, bf16."),
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes."),
+    decode_workers: Optional[int] = typer.Option(None, help="Image decoding processes (default: all cores)."),
     devices: Optional[int] = typer.Option(None, help="Data-parallel processes on this machine (DDP)."),
     finetune_epochs: Optional[int] = typer.Option(None, help="Second phase: epochs with the last blocks unfrozen."),
     finetune_blocks: Optional[int] = typer.Option(None, help="Backbone stages unfrozen in the second phase."),
@@ -159,7 +162,7 @@ def train(
     from .training import train as train_run
 
     if resume:
-        given = {k: v for k, v in locals().items() if k in _TRAIN_FLAGS | {"data", "config", "negative", "out"}}
+        given = {k: v for k, v in locals().items() if k in _TRAIN_FLAGS | {"data", "config", "recipe", "negative", "out"}}
         ignored = sorted(f"--{k.replace('_', '-')}" if k != "data" else "DATA" for k, v in given.items()
                          if v is not None and v != [])
         if ignored or overwrite:
@@ -168,7 +171,9 @@ def train(
                               "new run with --config " + str(Path(resume) / "config.yaml") + " and the changes.")
         cfg, out = TrainConfig(), resume
     else:
-        cfg = load_yaml(TrainConfig, config) if config else TrainConfig()
+        if config and recipe:
+            raise CxrlabError("give --config or --recipe, not both: a config file already holds a whole recipe")
+        cfg = load_yaml(TrainConfig, config) if config else TrainConfig.recipe(recipe or "default")
         given = {k: v for k, v in locals().items() if k in _TRAIN_FLAGS}
         given = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()}
         given["negative"] = negative or None
@@ -190,7 +195,7 @@ def train(
 _TRAIN_FLAGS = {"positive", "images", "split_file", "model", "pretrained", "weights", "init_from",
                 "trainable_blocks", "epochs", "max_train_images", "batch_size", "lr", "weight_decay", "grad_clip", "ema_decay",
                 "dropout", "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "seed", "shuffle_labels",
-                "deterministic", "device", "precision", "workers", "devices", "finetune_epochs", "finetune_blocks",
+                "deterministic", "device", "precision", "workers", "decode_workers", "devices", "finetune_epochs", "finetune_blocks",
                 "finetune_lr_factor", "cache_features", "image_size", "normalization", "augment", "tta",
                 "split_scheme", "split_seed", "val_fraction", "test_fraction", "val_policy", "on_bad_image", "cache_dir"}
 
@@ -206,18 +211,44 @@ def evaluate(
     run: Path = typer.Argument(..., help="A run directory."),
     data: Optional[Path] = typer.Option(None, help="Evaluate on every image of another data set instead."),
     split: str = typer.Option("test", help="test, val or all."),
-    threshold: Optional[str] = typer.Option(None, help="Threshold policy, chosen on validation data: 0.5, youden, "
-                                            "sensitivity:0.95 (default), fixed:X. Stored in the run."),
+    threshold: Optional[str] = typer.Option(None, help="Evaluate at this policy instead of the stored operating point "
+                                            "(chosen on validation, for this evaluation only): 0.5, youden, "
+                                            "sensitivity:0.95, fixed:X. `cxrlab threshold` stores one."),
     tta: Optional[int] = typer.Option(None, help="Average the plain image and this many fixed augmented views "
-                                      "(default: the run's --tta; 0 for runs trained without augmentation)."),
-    calibrate: bool = typer.Option(False, help="Fit temperature scaling on validation data."),
+                                      "(default: those of the stored operating point)."),
+    calibrate: bool = typer.Option(False, help="Fit temperature scaling on validation data (this evaluation only)."),
     resamples: int = typer.Option(1000, help="Patient-level bootstrap resamples for the CIs."),
 ):
-    """Metrics with 95% CIs, the operating point, calibration, CSV exports and figures in RUN/eval/<split>/."""
+    """Metrics with 95% CIs at the run's operating point, calibration, CSVs and figures in RUN/eval/<split>/.
+    Read-only on the run: the operating point predict, serve and export use stays as it is."""
     from .evaluation.evaluate import evaluate_run
 
     m = evaluate_run(run, data, split, threshold, tta, calibrate, resamples)
     _print_metrics(m, run)
+
+
+@app.command("threshold")
+def threshold_cmd(
+    run: Path = typer.Argument(..., help="A run directory."),
+    policy: Optional[str] = typer.Option(None, help="0.5, youden, sensitivity:0.95 (the default: a screening "
+                                         "operating point), fixed:X."),
+    tta: Optional[int] = typer.Option(None, help="Test-time views the scores are made with (default: the run's; "
+                                      "predict, serve and the quiz then score with these)."),
+    calibrate: bool = typer.Option(False, help="Also fit temperature scaling on validation data."),
+):
+    """Choose the run's operating point on its validation split and store it (RUN/threshold.json):
+    what predict, serve, export and evaluate use from then on. `train` stores the default one."""
+    from .evaluation.evaluate import store_operating_point
+
+    point = store_operating_point(run, policy, tta, calibrate)
+    console.print(f"stored threshold {_threshold_text(point.threshold)} ({point.policy}, chosen on "
+                  f"{point.val_images} validation images, {point.val_positives} positive; {point.tta} test-time views"
+                  f"{f'; temperature {point.temperature:.3f}' if point.temperature else ''})", highlight=False)
+
+
+def _threshold_text(value: float) -> str:
+    """Enough digits to tell 0.999998 from 1."""
+    return f"{value:.6g}"
 
 
 def _fmt(value) -> str:
@@ -239,8 +270,9 @@ def _print_metrics(m: dict, run: Path) -> None:
         console.print(f"[yellow]AUC undefined:[/] {m['auc_undefined_reason']}")
     op = m["operating_point"]
     cm = m["confusion_matrix"]
-    console.print(f"threshold {op['threshold']:.4f} ({op['policy']}, chosen on validation); "
-                  f"TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}")
+    which = "the run's stored operating point" if op.get("stored") else "chosen on validation for this evaluation only"
+    console.print(f"threshold {_threshold_text(op['threshold'])} ({op['policy']}, {which}); "
+                  f"TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}", highlight=False)
     console.print(f"wrote {run / 'eval' / m['split']}/")
 
 
@@ -286,19 +318,17 @@ def explain(
     import json
 
     from . import saliency as ex
-    from .config import TrainConfig, load_yaml
     from .runs import RunDir
 
     methods = method or list(ex.DEFAULT_METHODS)
     out = out or RunDir(run).path / "explain"
-    cfg = load_yaml(TrainConfig, RunDir(run).config)
+    cfg = RunDir(run).read_config()
+    positive, _ = RunDir(run).task_names()
     if not images:
-        import pandas as pd
-
-        split = pd.read_csv(RunDir(run).split)
+        split = RunDir(run).read_split()
         images = [Path(p) for p in split.loc[split["split"] == "test", "path"].head(limit)]
     exp = ex.explain(run, images, methods, target_layer)
-    ex.save_explanation(exp, out, cfg.positive)
+    ex.save_explanation(exp, out, positive)
     console.print(f"explained {len(exp.paths)} image(s) with {', '.join(methods)}: {out}/")
     if sanity:
         table, verdict = ex.sanity_check(run, images, methods, target_layer, out)
@@ -349,7 +379,7 @@ def predict(
         console.print(f"[red]skipped[/] {item['path']}: {item['reason']}", highlight=False)
     if not results:
         raise CxrlabError(f"none of the {len(files)} image(s) could be read; nothing to predict")
-    table = Table("image", f"P({predictor.positive})", "call", title=f"threshold {predictor.threshold:.3f} ({predictor.policy})")
+    table = Table("image", f"P({predictor.positive})", "call", title=f"threshold {_threshold_text(predictor.threshold)} ({predictor.policy})")
     for r in results[:50]:
         table.add_row(Path(r.path).name, f"{r.probability:.3f}", r.label)
     console.print(table)
@@ -361,7 +391,7 @@ def predict(
     if heatmaps:
         from .saliency import Explanation, save_explanation
 
-        pixels = [predictor.pixels(r.path) for r in results]
+        pixels = [predictor.read(r.path) for r in results]
         exp = Explanation([r.path for r in results], np.stack(pixels), frame["probability"].to_numpy(),
                           [None] * len(results), {method: np.stack([r.heatmap for r in results])})
         save_explanation(exp, heatmaps, predictor.positive)
@@ -411,7 +441,11 @@ def demo(out: Path = typer.Option(Path("cxrlab-demo"), help="Folder for the synt
 
 
 def main() -> None:
-    """Console entry point: user errors become one clear line and exit code 2, not a traceback."""
+    """Console entry point: user errors become one clear line and exit code 2, not a traceback.
+    cxrlab's own process (not a notebook importing it) keeps freed CPU buffers for reuse."""
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()
     try:
         app()
     except CxrlabError as exc:

@@ -45,7 +45,7 @@ class DataConfig:
     val_policy: str = "auto"  # for pre-split folders: keep their val/, or re-split it from train
     on_bad_image: str = "error"
     cache_dir: str | None = None  # default: $CXRLAB_CACHE or ~/.cache/cxrlab
-    workers: int | None = None  # decode processes; default: all cores
+    decode_workers: int | None = None  # image decoding processes; default: all cores
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
@@ -164,13 +164,21 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto: mixed on CUDA, bf16 on CPUs with native bf16, else fp32 | fp32 | bf16
-    workers: int = 0  # DataLoader workers
+    workers: int = 0  # DataLoader worker processes (decoding has its own: data.decode_workers)
     devices: int = 1  # data-parallel processes on this node (DDP); torchrun/SLURM set their own
     data: DataConfig = field(default_factory=DataConfig)
 
+    @classmethod
+    def recipe(cls, name: str, **overrides) -> "TrainConfig":
+        """`TrainConfig.recipe("lesson", epochs=20)`: a named recipe (RECIPES) with overrides."""
+        return recipe(name, **overrides)
+
     def __post_init__(self):
         if isinstance(self.data, dict):
-            self.data = DataConfig(**self.data)
+            data = dict(self.data)
+            if "workers" in data:  # config.yaml of runs before the rename (DataLoader workers are `workers`)
+                data["decode_workers"] = data.pop("workers")
+            self.data = DataConfig(**data)
         if not isinstance(self.data, DataConfig):
             raise ConfigError(f"data must be a mapping of data settings, got {self.data!r}")
         if isinstance(self.negative, str):
@@ -193,6 +201,26 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be 0 (off) or more, got {getattr(self, name)}")
         if not 0 < float(self.lr_factor) < 1:
             raise ConfigError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
+
+
+# Recipes, named once: what `--recipe NAME` and `TrainConfig.recipe(NAME)` start from. "default" is
+# cxrlab's (the TrainConfig defaults, chosen by benchmarks/accuracy.py); "lesson" is the Carpentries
+# lesson's own: its CNN, Adam at 1e-3, 10 epochs, the best validation loss, no augmentation, no class
+# weights, a constant learning rate, fp32, no training budget.
+RECIPES: dict[str, dict] = {
+    "default": {},
+    "lesson": dict(model="seed-cnn", lr=LESSON_LR, augment=False, epochs=10, monitor="val_loss", early_stopping=0,
+                   lr_patience=0, class_weights=False, precision="fp32", max_train_images=0),
+}
+
+
+def recipe(name: str, **overrides) -> TrainConfig:
+    """The named recipe's TrainConfig, with `overrides` (any TrainConfig or DataConfig key, as in
+    `with_overrides`) on top."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    return with_overrides(TrainConfig(), **{**RECIPES[name], **overrides})
+
 
 
 def with_overrides(cfg: TrainConfig, **overrides) -> TrainConfig:

@@ -106,7 +106,7 @@ DEMO_EPOCHS = 20
 def run_demo(out_dir: str | Path = "cxrlab-demo", progress=None, on_epoch=None, on_summary=None) -> dict:
     """Generate the demo data, summarise it, train the lesson's seed-cnn on it, evaluate it on the
     held-out test patients, explain four images with the CAM family, and write the HTML report."""
-    from .config import LESSON_LR, AugmentConfig, DataConfig, TrainConfig
+    from .config import AugmentConfig, DataConfig, TrainConfig
     from .data import load_data
     from .data.summary import write_summary
     from .training import train
@@ -120,9 +120,9 @@ def run_demo(out_dir: str | Path = "cxrlab-demo", progress=None, on_epoch=None, 
     summary = write_summary(loaded, summary_dir)
     if on_summary:
         on_summary(summary, summary_dir)
-    # the lesson's network and recipe (no augmentation, best val loss), so the demo teaches the lesson
-    cfg = TrainConfig(source=str(data_dir), positive=POSITIVE, negative=[NEGATIVE], model="seed-cnn",
-                      lr=LESSON_LR, epochs=DEMO_EPOCHS, monitor="val_loss", early_stopping=0, data=data_cfg)
+    # the lesson's recipe, so the demo teaches the lesson; smaller images and more epochs
+    cfg = TrainConfig.recipe("lesson", source=str(data_dir), positive=POSITIVE, negative=[NEGATIVE],
+                             epochs=DEMO_EPOCHS, image_size=DEMO_IMAGE_SIZE, cache_dir=str(out_dir / "cache"))
     run = train(cfg, out_dir / "run", overwrite=True, on_epoch=on_epoch)
     from .evaluation.evaluate import evaluate_run
     from .report import write_report

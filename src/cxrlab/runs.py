@@ -1,15 +1,50 @@
-"""The run directory: the one place that knows its file names."""
+"""The run directory: the one place that knows its file names and formats. Every other module reads
+and writes a run through `RunDir`'s typed methods."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CxrlabError
+
+NEGATIVE_FALLBACK = "negative"  # the negative class's name when a run does not record one
+
+MODEL_CARD = {
+    "intended_use": "Teaching and research on detecting {positive} on chest X-rays, and comparing methods. "
+                    "Not a medical device: never diagnosis or triage of real patients.",
+    "limitations": "Trained on a small public data set: small validation and test sets give wide CIs; labels "
+                   "of public sets are mined from reports and noisy; performance on other hospitals, devices, "
+                   "ages or views is unknown; saliency maps are not proof of what the model uses.",
+}
+
+
+@dataclass
+class OperatingPoint:
+    """The stored threshold (threshold.json): chosen by `policy` on validation scores made with `tta`
+    test-time views (and calibrated with `temperature` when set)."""
+
+    policy: str
+    threshold: float
+    temperature: float | None = None
+    tta: int = 0
+    chosen_on: str = "val"
+    val_images: int = 0
+    val_positives: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OperatingPoint":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 # what a start writes before its first epoch completes: a directory holding only these never trained
 START_FILES = {"config.yaml", "split.csv", "tensorboard"}
@@ -96,6 +131,49 @@ class RunDir:
                 os.fsync(f.fileno())
         except OSError as exc:
             raise CxrlabError(f"{self.path}: cannot write the run directory ({exc.strerror or exc})") from None
+
+    # -- typed readers and writers --------------------------------------------------------------------
+    def read_config(self):
+        """The run's TrainConfig (config.yaml)."""
+        from .config import TrainConfig, load_yaml
+
+        if not self.config.exists():
+            raise CxrlabError(f"{self.path}: missing {self.config.name}; is this a cxrlab run directory?")
+        return load_yaml(TrainConfig, self.config)
+
+    def read_split(self):
+        """split.csv as a DataFrame (path, patient, y, split); empty when the run has none."""
+        import pandas as pd
+
+        if not self.split.exists():
+            return pd.DataFrame(columns=["path", "patient", "y", "split"])
+        return pd.read_csv(self.split, dtype={"path": str, "patient": str, "split": str})
+
+    def read_point(self) -> OperatingPoint | None:
+        """The stored operating point, or None before one is chosen."""
+        if not self.threshold.exists():
+            return None
+        try:
+            return OperatingPoint.from_dict(json.loads(self.threshold.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise CxrlabError(f"{self.threshold}: not a readable operating point ({exc}); "
+                              "choose one again with `cxrlab threshold`") from None
+
+    def write_point(self, point: OperatingPoint) -> None:
+        atomic_write(self.threshold, json.dumps(point.to_dict(), indent=2).encode())
+
+    def task_names(self) -> tuple[str, str]:
+        """(positive, negative) class names: the resolved task in run.json, else config.yaml's."""
+        info = self.read_info() if self.info.exists() else {}
+        task = info.get("task") or {}
+        cfg = self.read_config()
+        positive = cfg.positive or task.get("positive") or "positive"
+        return positive, "/".join(task.get("negatives") or cfg.negative or [NEGATIVE_FALLBACK])
+
+    def read_history(self):
+        import pandas as pd
+
+        return pd.read_csv(self.history)
 
     def write_info(self, info: dict) -> None:
         atomic_write(self.info, json.dumps(info, indent=2, default=str).encode())

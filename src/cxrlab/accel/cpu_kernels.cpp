@@ -1,4 +1,4 @@
-// Hand-written CPU kernels for seed-cnn training's hot spots (see cpu_kernels.py for why).
+// Hand-written CPU kernels for seed-cnn training's hot spots (see kernels.py for why).
 //
 // 1. 2x2 stride-2 max-pool: forward writes a one-byte argmax code (0-3) per output,
 // backward scatters the output gradient into its 2x2 window and zeroes the other three values, so the
@@ -14,7 +14,7 @@
 // full-resolution map. With bf16 on, each convolution output is rounded to bf16 before the max, as
 // bf16 autocast computes it (fp32 accumulation, bf16 output).
 //
-// Built by cxrlab/models/cpu_kernels.py; plain C ABI for ctypes.
+// Built by cxrlab/accel/kernels.py; plain C ABI for ctypes.
 #include <cstdint>
 #include <cstring>
 #include <type_traits>

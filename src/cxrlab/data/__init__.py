@@ -71,7 +71,7 @@ def load_data(source: str | Path, positive: str | None = None, negative: str | l
         frame, excluded = label_frame(manifest, task)
     else:
         frame = manifest.frame.copy()
-    cache = ImageCache(cfg.cache_dir, cfg.workers).load(frame["path"].tolist(), cfg.image_size, progress)
+    cache = ImageCache(cfg.cache_dir, cfg.decode_workers).load(frame["path"].tolist(), cfg.image_size, progress)
     frame["row"] = np.arange(len(frame))
     info = cache.info
     bad = info["error"] != ""

@@ -1,6 +1,10 @@
-"""Decode one X-ray (PNG/JPEG/TIFF/BMP, DICOM, or a row of an HDF5 array) to 8-bit grayscale.
+"""Decode one X-ray (PNG/JPEG/TIFF/BMP, DICOM, or a row of an HDF5 array) to 8-bit grayscale, resize
+it, and normalise a batch: cxrlab's preprocessing, with no torch.
 
-Every reader returns a uint8 H x W array; every failure is an ImageReadError naming the file.
+Every reader returns a uint8 H x W array; every failure is an ImageReadError naming the file. This
+file is also shipped beside an ONNX export (`cxrlab export`) and imported there on its own, without
+cxrlab installed, so that the standalone predictor preprocesses exactly as training did: it needs
+only numpy and Pillow (pydicom for DICOM, h5py for HDF5).
 """
 
 from __future__ import annotations
@@ -16,14 +20,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import ImageReadError
+try:
+    from ..errors import ImageReadError
+except ImportError:  # shipped beside an ONNX export and imported on its own (see the docstring)
+    class ImageReadError(Exception):
+        def __init__(self, path, reason: str):
+            self.path, self.reason = str(path), reason
+            super().__init__(f"{self.path}: {reason}")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 H5_SEP = "::"  # an HDF5 row is addressed as "file.h5::index"
-
-# Refuse absurd declared sizes before decoding (decompression bombs), ~ 16k x 16k.
-Image.MAX_IMAGE_PIXELS = 16384 * 16384
+IMAGENET_MEAN = 0.485, 0.456, 0.406
+IMAGENET_STD = 0.229, 0.224, 0.225
+# Absurd declared sizes are refused before decoding (decompression bombs) by Pillow's own limit
+# (Image.MAX_IMAGE_PIXELS, 89 M pixels, about 9,459 x 9,459: far above any chest X-ray), whose
+# warning `_decode_pil` turns into an error. Not changed here: importing cxrlab changes no global state.
 
 
 @dataclass
@@ -171,3 +183,25 @@ def read_image(path: str, size: int | None = None) -> tuple[np.ndarray, ImageInf
     with _decode_errors(path):
         arr, w, h, mode, sha = _decode_h5(path)
     return _finish(arr, path, size), ImageInfo(w, h, mode, sha)
+
+
+def normalize_array(pixels: np.ndarray, mode: str, channels: int = 1) -> np.ndarray:
+    """uint8 N x H x W -> float32 N x C x H x W, as `cxrlab.data.preprocess.normalize` does on tensors
+    (equal within 1e-5, tested): standardize (per image, zero mean and unit sample std; a blank image
+    stays 0), unit ([0, 1]) or imagenet ([0, 1] on 3 channels, ImageNet mean/std)."""
+    x = np.asarray(pixels, np.float32)[:, None]
+    if mode == "standardize":
+        flat = x.reshape(len(x), -1)
+        mean = flat.mean(axis=1, dtype=np.float64).astype(np.float32)
+        centred = flat - mean[:, None]
+        var = np.einsum("ij,ij->i", centred, centred) / max(flat.shape[1] - 1, 1)
+        x = (centred / np.maximum(np.sqrt(var), 255e-6)[:, None]).reshape(x.shape).astype(np.float32)
+    elif mode in ("unit", "imagenet"):
+        x = x / np.float32(255.0)
+        if mode == "imagenet":
+            mean = np.array(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1)
+            std = np.array(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1)
+            return ((np.repeat(x, 3, axis=1) - mean) / std).astype(np.float32)
+    else:
+        raise ValueError(f"unknown normalization {mode!r}")
+    return np.ascontiguousarray(np.repeat(x, channels, axis=1) if channels != 1 else x)

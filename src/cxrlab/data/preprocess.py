@@ -1,11 +1,12 @@
-"""Normalisation of uint8 image batches, done on tensors (per batch, not per image in Python)."""
+"""Normalisation of uint8 image batches, done on tensors (per batch, not per image in Python): the
+training and inference path. `images.normalize_array` is the same function in numpy, for the exported
+model's standalone predictor."""
 
 from __future__ import annotations
 
 import torch
 
-IMAGENET_MEAN = 0.485, 0.456, 0.406
-IMAGENET_STD = 0.229, 0.224, 0.225
+from .images import IMAGENET_MEAN, IMAGENET_STD  # one definition, shared with the torch-free path
 
 
 def normalize(batch: torch.Tensor, mode: str, channels: int = 1) -> torch.Tensor:

@@ -1,6 +1,5 @@
-"""Evaluation: predictions from a run directory, metrics with patient-level bootstrap CIs."""
+"""Evaluation: read-only metrics with patient-level bootstrap CIs, on scores from a `RunModel`."""
 
 from .metrics import binary_metrics, bootstrap_ci
-from .predict import load_run_model, predict_split
 
-__all__ = ["load_run_model", "predict_split", "binary_metrics", "bootstrap_ci"]
+__all__ = ["binary_metrics", "bootstrap_ci"]

@@ -1,9 +1,9 @@
-"""Calibration: Brier score, expected calibration error, temperature scaling fitted on validation."""
+"""Calibration as evaluation reports it: Brier score, expected calibration error, the reliability curve.
+Temperature scaling itself is part of a run's operating point (`cxrlab.inference.calibration`)."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
 
@@ -26,28 +26,3 @@ def calibration_summary(y: np.ndarray, score: np.ndarray, bins: int = 10) -> dic
     frac_pos, mean_pred = calibration_curve(y, score, n_bins=bins, strategy="uniform")
     return {"brier": float(brier_score_loss(y, score)), "ece": expected_calibration_error(y, score, bins),
             "curve": {"mean_predicted": mean_pred.tolist(), "fraction_positive": frac_pos.tolist()}}
-
-
-def fit_temperature(y: np.ndarray, score: np.ndarray) -> float:
-    """The temperature T minimising validation NLL of sigmoid(logit / T) (Guo et al. 2017)."""
-    eps = 1e-7
-    p = np.clip(np.asarray(score, float), eps, 1 - eps)
-    logits = torch.tensor(np.log(p / (1 - p)))
-    target = torch.tensor(np.asarray(y, float))
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits / log_t.exp(), target)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(log_t.detach().exp())
-
-
-def apply_temperature(score: np.ndarray, temperature: float) -> np.ndarray:
-    eps = 1e-7
-    p = np.clip(np.asarray(score, float), eps, 1 - eps)
-    return 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))

@@ -1,5 +1,5 @@
-"""`cxrlab evaluate`: predictions, metrics with CIs, a validation-chosen threshold, calibration,
-CSV exports and figures, all written into the run directory."""
+"""`cxrlab evaluate`: predictions, metrics with CIs at the run's validation-chosen operating point,
+calibration, CSV exports and figures, written into RUN/eval/<split>/. Read-only on the run itself."""
 
 from __future__ import annotations
 
@@ -13,14 +13,11 @@ from sklearn.metrics import roc_curve
 
 from ..data import load_data
 from ..errors import CxrlabError, DataError
-from ..runs import RunDir
+from ..inference import RunModel
+from ..runs import OperatingPoint, RunDir
 from . import plots
-from .calibration import apply_temperature, calibration_summary, fit_temperature
+from .calibration import calibration_summary
 from .metrics import binary_metrics, bootstrap_ci, sensitivity_at, specificity_at
-from .predict import load_run_model, run_data, run_tta, score_split
-from .thresholds import choose_threshold
-
-DEFAULT_POLICY = "sensitivity:0.95"  # screening first: miss few sick patients
 
 
 def _json_safe(obj):
@@ -33,74 +30,51 @@ def _json_safe(obj):
     return obj
 
 
-def choose_operating_point(run: RunDir, val: pd.DataFrame, policy: str | None, calibrate: bool, tta: int = 0) -> dict:
-    """Pick (and store) the threshold on validation scores. Without a policy, a stored one is reused
-    if it was chosen on scores made the same way (the same test-time views); otherwise its policy and
-    calibration are applied to these scores."""
-    stored = json.loads(run.threshold.read_text()) if run.threshold.exists() else {}
-    same_scores = bool(stored) and stored.get("tta", 0) == tta
-    if policy is None and same_scores and (not calibrate or stored.get("temperature")):
-        return stored
-    if policy is None:
-        calibrate = calibrate or bool(stored.get("temperature"))
-    point = operating_point(val, policy or stored.get("policy") or DEFAULT_POLICY, calibrate, tta)
-    run.threshold.write_text(json.dumps(point, indent=2))
-    return point
-
-
-def operating_point(val: pd.DataFrame, policy: str, calibrate: bool, tta: int) -> dict:
-    """The threshold of `policy` (and a temperature) on validation scores made with `tta` views."""
-    y, score = val["y"].to_numpy(), val["score"].to_numpy()
-    temperature = fit_temperature(y, score) if calibrate else None
-    if temperature:
-        score = apply_temperature(score, temperature)
-    return {"policy": policy, "threshold": choose_threshold(policy, y, score), "temperature": temperature,
-            "tta": tta, "chosen_on": "val", "val_images": int(len(y)), "val_positives": int(y.sum())}
-
-
-def plain_operating_point(run_dir: str | Path) -> dict:
-    """The run's stored policy and calibration applied to plain-image validation scores: the
-    threshold for an exported model, which scores the plain image. The run's own threshold stays."""
-    run = RunDir(run_dir)
-    stored = json.loads(run.threshold.read_text())
-    model, cfg = load_run_model(run, "cpu")
-    val = score_split(model, cfg, run_data(run, cfg), "val", tta=0)
-    return operating_point(val, stored["policy"], bool(stored.get("temperature")), 0)
+def evaluation_point(model: RunModel, own, policy: str | None, calibrate: bool) -> tuple[OperatingPoint, bool]:
+    """The operating point this evaluation applies, and whether it is the run's stored one. Without a
+    policy or calibration asked for, the stored point, when it was chosen on scores made like these
+    (the same views); otherwise one chosen on validation for this evaluation only, with the stored
+    policy and calibration unless others are given. Never stored: `cxrlab threshold` stores."""
+    if model.point is not None and policy is None and (not calibrate or model.point.temperature):
+        return model.point, True
+    stored = model.run.read_point()
+    policy = policy or (stored.policy if stored else None)
+    calibrate = calibrate or bool(stored and stored.temperature and policy == stored.policy)
+    return model.choose_point(policy, calibrate, data=own), False
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
                  policy: str | None = None, tta: int | None = None, calibrate: bool = False,
                  n_resamples: int = 1000, seed: int = 0) -> dict:
     """Evaluate a run on its own `split` (or on every image of another data set `data`) and write
-    eval/<split>/ into the run directory. Returns the metrics dictionary (also metrics.json)."""
+    eval/<split>/ into the run directory. Read-only on the run itself: the operating point is the
+    stored one, or one chosen for this evaluation only (see `evaluation_point`). Returns the metrics
+    dictionary (also metrics.json)."""
     run = RunDir(run_dir)
     if split not in ("test", "val", "all"):
         raise CxrlabError(f"--split must be test, val or all, got {split!r}")
-    model, cfg = load_run_model(run)
-    own = run_data(run, cfg)
-    tta = run_tta(cfg) if tta is None else tta
-    val = score_split(model, cfg, own, "val", tta)
-    point = choose_operating_point(run, val, policy, calibrate, tta)
+    model = RunModel(run, tta=tta)
+    cfg = model.config
+    own = model.own_data()
+    point, stored = evaluation_point(model, own, policy, calibrate)
+    model.use_point(point)
     if data is not None:
         try:
             other = load_data(data, cfg.positive, cfg.negative, None, cfg.data)
         except DataError as exc:
-            raise DataError(f"{data} does not fit this run's task ({cfg.positive} vs "
-                            f"{' / '.join(cfg.negative or ['normal'])}): {exc}") from None
-        scored, split = score_split(model, cfg, other, "all", tta), "external" if split == "test" else split
+            raise DataError(f"{data} does not fit this run's task ({model.positive} vs {model.negative}): {exc}") from None
+        scored, split = model.score_data(other, "all"), "external" if split == "test" else split
     else:
-        scored = score_split(model, cfg, own, split, tta)
-    if point.get("temperature"):
-        scored["score"] = apply_temperature(scored["score"].to_numpy(), point["temperature"])
-    threshold = point["threshold"]
-    scored["label"] = scored["y"].map({1: cfg.positive, 0: "/".join(cfg.negative or ["negative"])})
+        scored = model.score_data(own, split)
+    threshold = point.threshold
+    scored["label"] = scored["y"].map({1: model.positive, 0: model.negative})
     scored["predicted"] = (scored["score"] >= threshold).astype(int)
     y, score, patients = scored["y"].to_numpy(), scored["score"].to_numpy(), scored["patient"].to_numpy()
 
     metrics = binary_metrics(y, score, threshold)
-    metrics["operating_point"] = point
+    metrics["operating_point"] = {**point.to_dict(), "stored": stored}
     metrics["split"] = split
-    metrics["tta"] = tta
+    metrics["tta"] = model.tta
     metrics["patients"] = int(pd.Series(patients).nunique())
     ci = {}
     for name, fn in (("auc", None), ("sensitivity", sensitivity_at(threshold)), ("specificity", specificity_at(threshold))):
@@ -125,7 +99,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     if len(np.unique(y)) == 2:
         fpr, tpr, thr = roc_curve(y, score)
         pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thr, 1.0)}).to_csv(out / f"{split}_roc.csv", index=False)
-    labels = ["/".join(cfg.negative or ["negative"]), cfg.positive]
+    labels = [model.negative, model.positive]
     plots.roc_plot(y, score, patients, metrics, out / "roc.png", f"ROC ({split})")
     plots.pr_plot(y, score, out / "pr.png")
     plots.confusion_plot(metrics, labels, out / "confusion.png")
@@ -135,3 +109,22 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
         plots.reliability_plot(metrics["calibration"], out / "reliability.png")
     (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
     return metrics
+
+
+def plain_operating_point(run_dir: str | Path) -> OperatingPoint:
+    """The run's stored policy and calibration chosen again on plain-image validation scores: the
+    threshold for an exported model, which scores the plain image. The run's own point stays."""
+    stored = RunDir(run_dir).read_point()
+    if stored is None:
+        raise CxrlabError(f"{run_dir}: no operating point stored; choose one with `cxrlab threshold`")
+    return RunModel(run_dir, "cpu", tta=0).choose_point(stored.policy, bool(stored.temperature))
+
+
+def store_operating_point(run_dir: str | Path, policy: str | None = None, tta: int | None = None,
+                          calibrate: bool = False) -> OperatingPoint:
+    """`cxrlab threshold`: choose the operating point on validation scores made with `tta` views (the
+    run's own setting by default) and store it; predict, serve and export use it from then on."""
+    model = RunModel(run_dir, "cpu", tta=tta)
+    point = model.choose_point(policy, calibrate)
+    model.store_point(point)
+    return point

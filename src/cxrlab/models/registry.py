@@ -27,6 +27,12 @@ class ModelSpec:
     head_hidden: int = 256
 
 
+def model_spec(cfg) -> ModelSpec:
+    """The spec a training config (`TrainConfig`) asks for: what a run directory needs to rebuild its model."""
+    channels = 3 if cfg.data.normalization == "imagenet" else 1
+    return ModelSpec(cfg.model, channels, cfg.data.image_size, cfg.data.normalization, cfg.dropout)
+
+
 class TimmClassifier(nn.Module):
     """A timm backbone (global average pooled features) with the seeds' head: Dense + ReLU,
     dropout, one logit."""

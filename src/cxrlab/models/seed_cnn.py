@@ -1,13 +1,10 @@
-"""The lesson's small CNNs, written exactly as the lesson builds them (Keras 'same' padding)."""
+"""The lesson's small CNNs, written exactly as the lesson builds them (Keras 'same' padding), in plain
+PyTorch layers. cxrlab's CPU speed-ups are applied to them from outside (`cxrlab.accel`)."""
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 from torch import nn
-
-from .cpu_kernels import conv1_pool, pool2x2
 
 # (out_channels, kernel) of the seed lesson's seven convolutions; a 2x2 max-pool follows the first six.
 SEED_CONVS = [(8, 3), (8, 3), (12, 3), (12, 3), (20, 5), (20, 5), (50, 5)]
@@ -22,27 +19,6 @@ def keras_init(module: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-
-class MaxPool2x2(nn.MaxPool2d):
-    """2x2 max-pool, stride 2, with the same values and gradients as ATen's max_pool2d (tests), faster on
-    CPU, where ATen's kernel is slow on 8-50-channel maps and writes int64 argmax indices. Without
-    gradients (inference) it is two elementwise maxima of strided views: about 2x faster seed-cnn
-    inference. With gradients (training, Grad-CAM) it is cxrlab's CPU kernel (cpu_kernels.py) when it
-    is built, else ATen's. Traced for export (ONNX, TorchScript) it is ATen's (BENCHMARKS.md)."""
-
-    def __init__(self):
-        super().__init__(2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_tracing() or torch.jit.is_scripting():
-            return super().forward(x)
-        if x.requires_grad and torch.is_grad_enabled():
-            fused = pool2x2(x)
-            return super().forward(x) if fused is None else fused
-        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # odd sizes: floor, as max_pool2d does
-        cols = torch.maximum(x[..., :h, 0:w:2], x[..., :h, 1:w:2])
-        return torch.maximum(cols[..., 0::2, :], cols[..., 1::2, :])
 
 
 class SeedCNN(nn.Module):
@@ -62,7 +38,7 @@ class SeedCNN(nn.Module):
             # monotone, so it commutes with max), with the ReLU on a quarter of the values: seed-cnn
             # trains about 14% faster on CPU (BENCHMARKS.md). Parameter names are unchanged.
             if i < len(SEED_CONVS) - 1:
-                layers.append(MaxPool2x2())
+                layers.append(nn.MaxPool2d(2))
             layers.append(nn.ReLU())
             c_in = c_out
         self.features = nn.Sequential(*layers)
@@ -74,22 +50,7 @@ class SeedCNN(nn.Module):
         keras_init(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if self._first_block_fusable():
-            h = conv1_pool(x, self.features[0], relu=True)
-            if h is not None:
-                for layer in itertools.islice(self.features, 3, None):  # no new Sequential per call
-                    h = layer(h)
-                return self.pool(h)
         return self.pool(self.features(x))
-
-    def _first_block_fusable(self) -> bool:
-        """seed-cnn (no batch norm between conv and pool) with nothing hooked on the first conv, pool
-        or ReLU (a saliency method may read them): one fused kernel replaces the three (cpu_kernels.py;
-        with the max-pool kernel, seed-cnn trains about 1.7x faster on CPU, BENCHMARKS.md)."""
-        first = tuple(itertools.islice(self.features, 3))
-        return (isinstance(first[1], MaxPool2x2) and isinstance(first[2], nn.ReLU)
-                and not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                            or m._backward_pre_hooks for m in first))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
@@ -104,7 +65,7 @@ class KaggleCNN(nn.Module):
         blocks: list[nn.Module] = []
         c_in = in_chans
         for c_out, drop in ((16, 0.0), (32, 0.2), (64, 0.2), (64, 0.4)):
-            blocks += [nn.Conv2d(c_in, c_out, 3), nn.BatchNorm2d(c_out), nn.ReLU(), MaxPool2x2()]
+            blocks += [nn.Conv2d(c_in, c_out, 3), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
             if drop:
                 blocks.append(nn.Dropout(drop))
             c_in = c_out

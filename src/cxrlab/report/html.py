@@ -15,7 +15,8 @@ from PIL import Image
 
 from ..data.images import read_image
 from ..errors import CxrlabError
-from ..runs import RunDir
+from ..config import to_dict
+from ..runs import MODEL_CARD, RunDir
 from ..saliency.figures import blend
 
 CSS = """
@@ -85,7 +86,7 @@ def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap
 
         evaluate_run(run, split=split)
     m = json.loads(metrics_path.read_text())
-    cfg = yaml.safe_load(run.config.read_text())
+    cfg = to_dict(run.read_config())
     task = info["task"]
     title = f"{task['positive']} vs {' / '.join(task['negatives'])}: {info['model']['name']}"
     ci, op, cmat = m["ci95"], m["operating_point"], m["confusion_matrix"]
@@ -128,7 +129,7 @@ def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap
         f"<p class='muted'>CIs: {html.escape(m['ci_method'])}.</p>",
         (f"<p class='warn'>AUC undefined: {html.escape(m['auc_undefined_reason'])}</p>" if "auc_undefined_reason" in m else ""),
         "<h2 id='operating-point'>Operating point</h2>",
-        f"<p>Threshold <b>{op['threshold']:.4f}</b>, policy <code>{html.escape(op['policy'])}</code>, chosen on the "
+        f"<p>Threshold <b>{op['threshold']:.6g}</b>, policy <code>{html.escape(op['policy'])}</code>, chosen on the "
         f"validation split ({op['val_images']} images, {op['val_positives']} positive) and applied unchanged here. "
         f"TP {cmat['tp']}, FN {cmat['fn']}, FP {cmat['fp']}, TN {cmat['tn']}.</p>",
         f"<div class='figs'>{_file_img(eval_dir / 'roc.png', 'ROC')}{_file_img(eval_dir / 'confusion.png', 'confusion matrix')}"
@@ -149,14 +150,11 @@ def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap
         + "".join(_thumb(p, caption.get(p, Path(p).name), cams.get(p)) for p in picked["path"]) + "</div>",
         "<h2 id='model-card'>Model card</h2>",
         _table([
-            ("intended use", f"Teaching and research on detecting {task['positive']} on chest X-rays; "
-                             "comparing methods; never diagnosis or triage of real patients."),
+            ("intended use", MODEL_CARD["intended_use"].format(positive=task["positive"])),
             ("model", f"{info['model']['name']}, input {info['model']['image_size']} px, "
                       f"{info['model']['in_chans']} channel(s), normalisation {info['model']['normalization']}"),
             ("data", f"{info['source']}; counts above"),
-            ("limitations", "Small validation and test sets give wide CIs; labels of public sets are mined from "
-                             "reports and noisy; performance on other hospitals, devices, ages or views is unknown; "
-                             "saliency maps are not proof of what the model uses."),
+            ("limitations", MODEL_CARD["limitations"]),
             ("not a medical device", "Outputs must not inform clinical decisions."),
             ("versions", ", ".join(f"{k} {v}" for k, v in info["versions"].items())
              + (f"; git {info['git_commit'][:10]}" if info.get("git_commit") else "")),

@@ -12,7 +12,7 @@ import torch
 from ..data.images import is_image_file, read_image
 from ..data.preprocess import normalize
 from ..errors import CxrlabError
-from ..runs import RunDir
+from ..inference import RunModel
 from .methods import METHODS, compute_maps, explainable_copy, resolve_layer
 
 DEFAULT_METHODS = ("gradcam", "gradcam++", "scorecam")
@@ -42,12 +42,10 @@ def expand_paths(items) -> list[str]:
     return out
 
 
-def _known_labels(run: RunDir, cfg) -> dict[str, str]:
-    if not run.split.exists():
-        return {}
-    split = pd.read_csv(run.split, dtype={"path": str})
-    neg = "/".join(cfg.negative or ["negative"])
-    return {str(Path(p).resolve()): (cfg.positive if y == 1 else neg) for p, y in zip(split["path"], split["y"])}
+def _known_labels(model: RunModel) -> dict[str, str]:
+    split = model.run.read_split()
+    return {str(Path(p).resolve()): (model.positive if y == 1 else model.negative)
+            for p, y in zip(split["path"], split["y"])}
 
 
 def load_images(paths: list[str], size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -62,15 +60,12 @@ def load_images(paths: list[str], size: int) -> tuple[np.ndarray, list[tuple[int
 def explain(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | None = None,
             batch_size: int = 16) -> Explanation:
     """Heatmaps of `methods` for image files (or folders) under a run's model, positive class."""
-    from ..serving.predictor import Predictor
-
-    run = RunDir(run_dir)
-    predictor = Predictor(run, device="cpu")  # its model, and the probability `cxrlab predict` gives
-    model, cfg, spec = explainable_copy(predictor.model).float(), predictor.cfg, predictor.spec
+    run_model = RunModel(run_dir, device="cpu")  # its model, and the probability `cxrlab predict` gives
+    model, spec = explainable_copy(run_model.model).float(), run_model.spec
     paths = expand_paths(images)
     pixels, sizes = load_images(paths, spec.image_size)
     layer = resolve_layer(model, target_layer)
-    known = _known_labels(run, cfg)
+    known = _known_labels(run_model)
     maps: dict[str, list] = {m: [] for m in methods}
     for start in range(0, len(paths), batch_size):
         batch = normalize(torch.from_numpy(pixels[start:start + batch_size]).unsqueeze(1), spec.normalization,
@@ -78,7 +73,7 @@ def explain(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | None =
         for method in methods:
             maps[method].append(compute_maps(model, batch, method, layer))
     # the probability `cxrlab predict` gives (test-time views, calibration), not a second opinion
-    probs = predictor.probabilities(pixels)
+    probs = run_model.predict_proba(pixels)
     return Explanation(paths, pixels, probs, [known.get(str(Path(p).resolve())) for p in paths],
                        {m: np.concatenate(v) for m, v in maps.items()}, sizes)
 
@@ -109,13 +104,11 @@ def save_explanation(exp: Explanation, out: str | Path, positive: str) -> list[P
 def sanity_check(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | None = None,
                  out: str | Path | None = None, max_images: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cascading model-parameter randomisation for each method; table and verdicts (and figure)."""
-    from ..evaluation.predict import load_run_model
-    from ..training.trainer import model_spec
     from .figures import sanity_figure
     from .sanity import cascading_randomization, verdicts
 
-    model, cfg = load_run_model(run_dir, device="cpu")
-    spec = model_spec(cfg)
+    run_model = RunModel(run_dir, device="cpu")
+    model, spec = run_model.model, run_model.spec
     pixels, _ = load_images(expand_paths(images)[:max_images], spec.image_size)
     batch = normalize(torch.from_numpy(pixels).unsqueeze(1), spec.normalization, spec.in_chans).contiguous()
     table = cascading_randomization(model.float(), batch, {m: m for m in methods}, target_layer)
@@ -163,11 +156,8 @@ def localisation(run_dir, boxes_csv, images_dir, methods=DEFAULT_METHODS, target
               for i, (_, r) in enumerate(boxes.iterrows())]
     result = {m: localisation_scores(exp.maps[m], scaled) for m in methods}
     if faithfulness:
-        from ..evaluation.predict import load_run_model
-        from ..training.trainer import model_spec
-
-        model, cfg = load_run_model(run_dir, device="cpu")
-        spec = model_spec(cfg)
+        run_model = RunModel(run_dir, device="cpu")
+        model, spec = run_model.model, run_model.spec
         batch = normalize(torch.from_numpy(exp.images[:16]).unsqueeze(1), spec.normalization, spec.in_chans)
         for m in methods:
             result[m].update(road_scores(explainable_copy(model), batch, exp.maps[m][:16]))

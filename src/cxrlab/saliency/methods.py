@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..accel import plain
 from ..errors import ConfigError
 from ..models.registry import TimmClassifier
 
@@ -99,7 +100,7 @@ def resolve_layer(model: nn.Module, name: str | None) -> nn.Module:
 def explainable_copy(model: nn.Module) -> nn.Module:
     """A copy in eval mode with in-place activations turned off: an in-place op after the target
     layer rewrites the tensor whose gradient hook is registered (the DenseNet trap)."""
-    model = copy.deepcopy(model).eval()
+    model = plain(copy.deepcopy(model)).eval()  # the layers as written: hooks see what they hook
     for module in model.modules():
         if getattr(module, "inplace", False):
             module.inplace = False

@@ -15,7 +15,6 @@ import random
 from collections import OrderedDict
 from pathlib import Path
 
-import pandas as pd
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -134,7 +133,7 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
     the OpenAPI schema itself is always at /openapi.json."""
     predictor = Predictor(run_dir, device="cpu", backend="auto")
     limit = int(max_upload_mb * 1024 * 1024)
-    split = pd.read_csv(predictor.run.split) if predictor.run.split.exists() else pd.DataFrame(columns=["path", "y", "split"])
+    split = predictor.run.read_split()
     quiz = split[split["split"] == "test"].reset_index(drop=True)
     draws = QuizDraws(len(quiz), seed)
     # what always answering the commoner class scores: the bar a person (or model) must beat, not 50%
@@ -231,7 +230,7 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
         """The quiz item's pixels. A file that cannot be read is logged here with its path; the
         answer names only the item number: the server never tells a client its file system."""
         try:
-            return predictor.pixels(str(_quiz_row(i)["path"]))
+            return predictor.read(str(_quiz_row(i)["path"]))
         except CxrlabError as exc:
             log.warning("quiz image %d: %s", i, exc)
             raise ApiError(500, f"quiz image {i} cannot be read on the server (its log says why)") from None
@@ -249,7 +248,7 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
             raise ApiError(400, "guess must be 'normal' or 'finding'")
         row = _quiz_row(answer.id)
         truth = "finding" if int(row["y"]) == 1 else "normal"
-        p = float(predictor.probabilities(_quiz_pixels(answer.id)[None])[0])
+        p = float(predictor.predict_proba(_quiz_pixels(answer.id)[None])[0])
         model_call = "finding" if p >= predictor.threshold else "normal"
         return {"truth": truth, "truth_label": predictor.positive if truth == "finding" else predictor.negative,
                 "you_correct": answer.guess == truth, "model": {"call": model_call, "probability": p,

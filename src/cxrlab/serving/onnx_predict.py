@@ -2,8 +2,9 @@
 
     python onnx_predict.py IMAGE [IMAGE ...]      (run from the export folder, or pass --dir)
 
-Preprocessing mirrors cxrlab exactly: 8-bit grayscale, square bilinear resize, then the run's
-normalisation (per-image standardisation, [0, 1], or ImageNet mean/std on 3 channels).
+Images are read and normalised by `cxrlab_images.py` beside this file, a copy of cxrlab's own
+preprocessing (`cxrlab/data/images.py`), so PNG, JPEG, TIFF, BMP and DICOM (with pydicom installed)
+give the score cxrlab gives for the plain image.
 """
 
 from __future__ import annotations
@@ -15,42 +16,22 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
-
-
-def load(path: str, size: int) -> np.ndarray:
-    im = Image.open(path)
-    arr = np.asarray(im.convert("L")) if im.mode in ("L", "RGB", "RGBA", "LA", "P", "1") else np.asarray(im)
-    if arr.dtype != np.uint8:  # deeper than 8 bits: min-max to 0..255, as cxrlab does
-        arr = arr.astype(np.float32)
-        arr = np.round((arr - arr.min()) * (255.0 / max(float(arr.max() - arr.min()), 1e-12))).astype(np.uint8)
-    if arr.shape != (size, size):
-        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
-    return arr
-
-
-def normalize(batch: np.ndarray, mode: str, channels: int) -> np.ndarray:
-    x = batch.astype(np.float32)[:, None] / 255.0
-    if mode == "standardize":
-        mean = x.mean(axis=(1, 2, 3), keepdims=True)
-        std = np.maximum(x.std(axis=(1, 2, 3), keepdims=True, ddof=1), 1e-6)
-        x = (x - mean) / std
-    elif mode == "imagenet":
-        return ((np.repeat(x, 3, axis=1) - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
-    return np.repeat(x, channels, axis=1) if channels != 1 else x
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cxrlab_images import ImageReadError, normalize_array, read_image  # noqa: E402
 
 
 def predict(paths: list[str], folder: Path) -> list[dict]:
     meta = json.loads((folder / "preprocess.json").read_text())
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    batch = normalize(np.stack([load(p, meta["image_size"]) for p in paths]), meta["normalization"], meta["channels"])
-    logits = session.run(None, {"image": batch})[0].reshape(-1)
-    if meta.get("temperature"):
-        logits = logits / meta["temperature"]
+    pixels = np.stack([read_image(p, meta["image_size"])[0] for p in paths])
+    batch = normalize_array(pixels, meta["normalization"], meta["channels"])
+    logits = session.run(None, {"image": batch})[0].reshape(-1).astype(np.float64)
     probs = 1 / (1 + np.exp(-logits))
+    if meta.get("temperature"):  # as cxrlab applies it: to the probability's logit
+        eps = 1e-7
+        p = np.clip(probs, eps, 1 - eps)
+        probs = 1 / (1 + np.exp(-np.log(p / (1 - p)) / meta["temperature"]))
     return [{"path": p, "probability": float(q),
              "label": meta["positive"] if q >= meta["threshold"] else meta["negative"]} for p, q in zip(paths, probs)]
 
@@ -60,7 +41,11 @@ def main() -> int:
     ap.add_argument("images", nargs="+")
     ap.add_argument("--dir", type=Path, default=Path(__file__).resolve().parent)
     args = ap.parse_args()
-    print(json.dumps(predict(args.images, args.dir), indent=2))
+    try:
+        print(json.dumps(predict(args.images, args.dir), indent=2))
+    except ImageReadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,48 +1,10 @@
-"""Device choice and mixed precision: CUDA when present, else CPU."""
+"""Training's device helpers: the grad scaler, the memory format and the optimizer. Device choice and
+autocast are `cxrlab.device`'s, shared with inference."""
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from ..allocator import keep_freed_memory
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """The device to compute on. On CPU this also makes malloc keep large freed buffers for reuse
-    (allocator.py): every training and inference path picks its device here."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from ..errors import ConfigError
-
-        raise ConfigError("device cuda was asked for, but no CUDA GPU is available; use --device auto or cpu")
-    if device.type == "cpu":
-        keep_freed_memory()
-    return device
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 / AMX: where bf16 convolutions are fast (1.8x here, BENCHMARKS.md)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast(device: torch.device, precision: str = "auto"):
-    """auto: bf16 autocast on CUDA GPUs that support it (fp16 on older ones), and on CPUs with native
-    bf16 (same test AUC as fp32 on NIH effusion, BENCHMARKS.md), else fp32.
-    bf16: bf16 autocast on any device. fp32: no autocast."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def needs_grad_scaler(device: torch.device, precision: str = "auto") -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from .device import autocast
+from ..device import autocast
 
 
 @torch.no_grad()

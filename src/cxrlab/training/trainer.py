@@ -23,17 +23,19 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..accel import accelerate
 from ..checkpoint import atomic_torch_save, load_checkpoint, load_state_dict, save_state_dict, save_weights
 from ..config import TrainConfig, load_yaml, save_yaml
 from ..data import LoadedData, load_data, save_split
 from ..data.dataset import make_collate
 from ..errors import CxrlabError
-from ..models import ModelSpec, count_parameters, create_model
+from ..device import autocast, select_device
+from ..models import count_parameters, create_model, model_spec
 from ..models.registry import backbone_of, check_input_size
 from ..models.transfer import freeze_bn_stats, set_trainable_blocks
 from ..runs import RunDir, WriteError, atomic_write
 from . import dist as distributed
-from .device import adam, autocast, needs_grad_scaler, select_device, training_memory_format
+from .device import adam, needs_grad_scaler, training_memory_format
 from .features import extract_features
 from .metrics import epoch_metrics
 
@@ -75,11 +77,6 @@ class State:
     best_epoch: int = 0
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
-
-
-def model_spec(cfg: TrainConfig) -> ModelSpec:
-    channels = 3 if cfg.data.normalization == "imagenet" else 1
-    return ModelSpec(cfg.model, channels, cfg.data.image_size, cfg.data.normalization, cfg.dropout)
 
 
 def first_phase_epochs(cfg: TrainConfig, n_train: int) -> int:
@@ -164,6 +161,8 @@ class _Loop:
         check_input_size(self.model, self.spec)
         if cfg.init_from:
             _init_from_run(self.model, cfg.init_from)
+        if self.device.type == "cpu":  # the CPU kernels; the checkpoint holds the same plain parameters
+            accelerate(self.model)
         self.memory_format = training_memory_format(self.model, self.device)
         self.model.to(self.device, memory_format=self.memory_format)
         train_y = data.frame.loc[data.frame["split"] == "train", "y"]
@@ -460,8 +459,24 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
         "wall_seconds_last_session": time.perf_counter() - t0,
         "versions": _versions(), "git_commit": _git_commit(),
     }
+    info["operating_point"] = store_default_point(run, data)
     run.write_info(info)
     return Run(run, cfg, hist, loop.state.best_epoch, loop.stopped_early, info)
+
+
+def store_default_point(run: RunDir, data: LoadedData) -> str:
+    """A fresh run scores like an evaluated one: the default operating point, chosen on validation
+    scores made as predict and serve make them (`cxrlab threshold` chooses another). Returns what
+    was stored, or why nothing was (one class in validation)."""
+    from ..inference import RunModel
+
+    model = RunModel(run)
+    try:
+        point = model.choose_point(data=data)
+    except CxrlabError as exc:
+        return f"none stored: {exc}"
+    model.store_point(point)
+    return f"{point.policy} on validation: {point.threshold:.6g}"
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
