@@ -78,6 +78,20 @@ def nih_csv(tmp_path) -> Path:
     return root / "labels.csv"
 
 
+@pytest.fixture(scope="session")
+def lesson_run(tmp_path_factory) -> Path:
+    """One small trained run (the lesson's recipe, 12 epochs on 80 synthetic patients at 96 px) shared by
+    every test module that only reads a run: evaluation, serving, the browser, the fault catalogue. Tests
+    that change a run work on a copy."""
+    from cxrlab.training import train
+
+    tmp = tmp_path_factory.mktemp("lesson-run")
+    from cxrlab.demo import make_demo_data
+
+    data = make_demo_data(tmp / "d", n_patients=80, size=96)
+    return train(lesson_config(data, 96, 12, tmp / "cache"), tmp / "run").dir.path
+
+
 requires_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent")
 
 

@@ -13,6 +13,7 @@ REFERENCE_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 sys.path.insert(0, str(ROOT / "benchmarks"))  # speed.py and accuracy.py, for their helpers
 
 
+@pytest.mark.slow
 def test_speed_benchmark_smoke_runs_both_sides(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--smoke", "--workdir", str(tmp_path)]
     with_reference = REFERENCE_PYTHON.exists()  # `make bench-env` (CI makes it); else cxrlab's side only
@@ -32,6 +33,7 @@ def test_speed_benchmark_smoke_runs_both_sides(tmp_path):
         assert "tensorflow" in out.stdout
 
 
+@pytest.mark.slow
 def test_speed_levers_table_has_every_lever():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--levers", "--repeats", "1"],
                          capture_output=True, text=True, timeout=600)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_serving import run_dir  # noqa: F401  (module fixture: a small trained, evaluated run)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -17,7 +16,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not
 
 
 @pytest.fixture(scope="module")
-def server(run_dir):  # noqa: F811
+def server(lesson_run):  # the session's trained run (conftest), not a second training
     import uvicorn
 
     from cxrlab.serving.app import create_app
@@ -25,7 +24,7 @@ def server(run_dir):  # noqa: F811
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(run_dir, seed=1), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(create_app(lesson_run, seed=1), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -50,8 +49,8 @@ def page():
         browser.close()
 
 
-def test_upload_shows_probability_and_heatmap(server, page, run_dir):  # noqa: F811
-    split = pd.read_csv(run_dir / "split.csv")
+def test_upload_shows_probability_and_heatmap(server, page, lesson_run):
+    split = pd.read_csv(lesson_run / "split.csv")
     image = split.loc[split["split"] == "test", "path"].iloc[0]
     page.goto(server + "/")
     page.wait_for_selector("#card dt")  # the model card loaded

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from typer.testing import CliRunner
 
 from cxrlab.cli import app
@@ -59,6 +61,7 @@ def test_user_error_is_one_line_exit_2(tmp_path, flat_folders):
     assert "unknown label 'pneumothorax'" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_demo_runs_offline_and_is_deterministic(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d1")])
     assert result.exit_code == 0, result.output

@@ -7,15 +7,12 @@ import pytest
 from sklearn.metrics import (average_precision_score, balanced_accuracy_score, f1_score, precision_score,
                              recall_score, roc_auc_score)
 
-from conftest import lesson_config
-from cxrlab.demo import make_demo_data
 from cxrlab.errors import ConfigError, CxrlabError, DataError
 from cxrlab.evaluation.calibration import expected_calibration_error
 from cxrlab.inference.calibration import apply_temperature, fit_temperature
 from cxrlab.evaluation.metrics import (auc_weighted, binary_metrics, bootstrap_ci, patient_resamples,
                                       patient_weights, sensitivity_at, specificity_at)
 from cxrlab.inference.thresholds import choose_threshold
-from cxrlab.training import train
 
 
 def _scores(n=300, seed=0):
@@ -119,12 +116,9 @@ def test_temperature_scaling_recovers_overconfidence():
     assert expected_calibration_error(y, apply_temperature(over, t)) < expected_calibration_error(y, over) / 2
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("eval")
-    data = make_demo_data(tmp / "d", n_patients=80, size=96)
-    cfg = lesson_config(data, 96, 12, tmp / "cache")
-    return train(cfg, tmp / "run").dir.path
+@pytest.fixture(scope="session")
+def trained_run(lesson_run):
+    return lesson_run
 
 
 def test_evaluate_writes_everything(trained_run):

@@ -158,6 +158,7 @@ def test_explain_writes_pngs_and_npy(demo_run, tmp_path):
     assert (tmp_path / "sanity" / "sanity.png").exists() and len(verdict) == 1
 
 
+@pytest.mark.slow
 def test_faithfulness_scores_and_data_randomisation(demo_run, tmp_path):
     from conftest import lesson_config
     from cxrlab.saliency import data_randomization

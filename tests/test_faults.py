@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import lesson_config, write_png, xray
+from conftest import xray
 from cxrlab.demo import make_demo_data
 
 
@@ -48,13 +48,10 @@ def demo(tmp_path_factory) -> Path:
     return make_demo_data(tmp_path_factory.mktemp("faults"), n_patients=40, size=64)
 
 
-@pytest.fixture(scope="module")
-def run(demo, tmp_path_factory) -> Path:
-    """One finished run (2 epochs); cases that damage it work on a copy."""
-    from cxrlab.training import train
-
-    tmp = tmp_path_factory.mktemp("faults-run")
-    return train(lesson_config(demo, 64, 2, tmp / "cache"), tmp / "run").dir.path
+@pytest.fixture(scope="session")
+def run(lesson_run) -> Path:
+    """The session's finished run (conftest); cases that damage it work on a copy."""
+    return lesson_run
 
 
 def copy_run(run: Path, tmp_path: Path) -> Path:
@@ -113,6 +110,7 @@ def _mount_tmpfs(path: Path, size_kb: int) -> bool:
                           capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 def test_02_full_disk_is_one_line_keeps_the_last_checkpoint_and_no_temp_file(demo, tmp_path):
     # size the disk from a real one-epoch run: room for epoch 1's files, not for a second checkpoint
     probe = tmp_path / "probe"
@@ -182,6 +180,7 @@ LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFF
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
+@pytest.mark.slow
 def test_04_devices_2_listens_on_loopback_only(demo, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "cxrlab", "train", demo, *TRAIN, "--epochs", "3",
                              "--devices", "2", "--out", tmp_path / "ddp"],

@@ -8,21 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import lesson_config
-from cxrlab.demo import make_demo_data
-from cxrlab.training import train
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from cxrlab.evaluation.evaluate import evaluate_run
-
-    tmp = tmp_path_factory.mktemp("serve")
-    data = make_demo_data(tmp / "demo", n_patients=60, size=96)
-    cfg = lesson_config(data, 96, 6, tmp / "cache")
-    run = train(cfg, tmp / "run").dir.path
-    evaluate_run(run, n_resamples=50)
-    return run
+@pytest.fixture(scope="session")
+def run_dir(lesson_run):
+    return lesson_run  # trained once per session (conftest); train stored its operating point
 
 
 @pytest.fixture(scope="module")

@@ -157,6 +157,7 @@ def test_lr_patience_0_keeps_the_lesson_constant_rate(demo_dir, tmp_path, lr_pat
         assert lrs[0] == 1e-6 and lrs[-1] == pytest.approx(0.5e-6)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9(demo_dir, tmp_path):
     cfg = config(demo_dir, tmp_path, epochs=6)
     train(cfg, tmp_path / "full")
@@ -240,6 +241,7 @@ def test_two_phase_schedule_unfreezes_at_lower_lr(demo_dir, tmp_path):
     assert not torch.equal(w1["features.18.weight"], init["features.18.weight"])
 
 
+@pytest.mark.slow
 def test_two_process_ddp_gives_one_consistent_checkpoint(demo_dir, tmp_path):
     cfg = config(demo_dir, tmp_path, epochs=2, devices=2)
     run = train(cfg, tmp_path / "run")
@@ -276,6 +278,7 @@ def test_shuffled_labels_run_keeps_true_split_file(demo_dir, tmp_path):
     assert (normal["y"] == 0).all() and run.config.shuffle_labels
 
 
+@pytest.mark.slow
 def test_cli_devices_2_prints_epochs_and_finishes(demo_dir, tmp_path):
     from typer.testing import CliRunner
 
