@@ -91,3 +91,20 @@ def test_every_train_config_key_is_a_flag():
     keys = {f.name for f in dataclasses.fields(TrainConfig)} | {f.name for f in dataclasses.fields(DataConfig)}
     # DATA, --negative and --images are parsed on their own; `data` is the nested DataConfig itself
     assert sorted(keys - _TRAIN_FLAGS - {"source", "negative", "images_dir", "data"}) == []
+
+
+def test_a_training_log_piped_to_a_file_has_one_line_per_epoch(tmp_path):
+    """Piped, at the default width of 80 columns: no wrapped epoch lines, no bars, no blank lines."""
+    from cxrlab.demo import make_demo_data
+
+    data = make_demo_data(tmp_path / "d", n_patients=30, size=64)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    with open(tmp_path / "train.log", "w") as log:
+        proc = subprocess.run([sys.executable, "-m", "cxrlab", "train", str(data), "--recipe", "lesson", "--epochs", "3",
+                               "--image-size", "64", "--out", str(tmp_path / "r")], stdout=log, stderr=subprocess.STDOUT,
+                              env=env)
+    lines = (tmp_path / "train.log").read_text().splitlines()
+    assert proc.returncode == 0, lines
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert len(epochs) == 3 and all("val_auc" in line and line.rstrip().endswith(("s", "*")) for line in epochs)
+    assert len(epochs[0]) > 80 and "" not in lines

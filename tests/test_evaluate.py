@@ -219,3 +219,34 @@ def test_calibrate_stores_a_temperature_and_keeps_the_ranking(trained_run, tmp_p
     assert stored["temperature"] > 0 and calibrated["operating_point"]["temperature"] == stored["temperature"]
     assert calibrated["operating_point"]["stored"] and plain["operating_point"]["policy"] == "youden"
     assert calibrated["auc"] == pytest.approx(plain["auc"])  # temperature scaling is monotonic
+
+
+def test_compare_names_runs_apart_and_warns_about_other_test_sets(trained_run, tmp_path):
+    import shutil
+
+    from cxrlab.evaluation.compare import compare_runs
+
+    a, b = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    shutil.copytree(trained_run, a)
+    shutil.copytree(trained_run, b)
+    table = compare_runs([a, b], out=tmp_path / "same")
+    assert list(table["run"]) == ["a/run", "b/run"] and table.attrs["warnings"] == []
+    split = pd.read_csv(b / "split.csv")
+    split.loc[split.index[split["split"] == "test"][0], "split"] = "train"  # b's test set: one image fewer
+    split.to_csv(b / "split.csv", index=False)
+    table = compare_runs([a, b], out=tmp_path / "other")
+    assert len(table.attrs["warnings"]) == 1 and "test sets differ" in table.attrs["warnings"][0]
+    assert "**Warning:**" in (tmp_path / "other" / "comparison.md").read_text()
+
+
+def test_evaluate_on_other_data_maps_its_label_names(trained_run, flat_folders):
+    """Another data set may name the classes otherwise: --positive/--negative give its names."""
+    from cxrlab.evaluation.evaluate import evaluate_run
+
+    (flat_folders / "effusion").rename(flat_folders / "Pleural fluid")
+    (flat_folders / "normal").rename(flat_folders / "clear")
+    with pytest.raises(DataError, match="pass --positive and --negative"):
+        evaluate_run(trained_run, data=flat_folders, n_resamples=20)
+    m = evaluate_run(trained_run, data=flat_folders, n_resamples=20, data_positive="pleural fluid",
+                     data_negative=["clear"])
+    assert m["split"] == "external" and m["n"] == 36 and m["positives"] == 18

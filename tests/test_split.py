@@ -112,3 +112,23 @@ def test_presplit_without_test_holds_out_a_test_split():
     assert "no test split" in notes[0]
     per_patient = pd.DataFrame({"p": f["patient"], "s": split}).groupby("p")["s"].nunique()
     assert (per_patient == 1).all()
+
+
+def test_leak_messages_suggest_the_fix_that_works():
+    f = frame(50)
+    f["split"] = "train"
+    f.loc[0, "split"] = "test"
+    f.loc[1, "patient"] = f.loc[0, "patient"]
+    with pytest.raises(DataError, match=r"\(test and train; .*Move each of these patients' images into one split") as exc:
+        make_split(f, 0.15, 0.15, seed=0, val_policy="keep")
+    assert "--val-policy resplit" not in str(exc.value)  # resplitting val cannot fix a train/test leak
+    g = frame(50)
+    g["split"] = "train"
+    g.loc[g.index[-30:], "split"] = "test"
+    g = g[~g["patient"].isin(g.loc[g["split"] == "test", "patient"]) | (g["split"] == "test")].reset_index(drop=True)
+    g.loc[g.index[g["split"] == "test"], "patient"] = "t" + g.loc[g["split"] == "test", "patient"]
+    first = g.index[g["split"] == "train"][0]
+    g.loc[first, "split"] = "val"
+    g.loc[first + 1, "patient"] = g.loc[first, "patient"]  # the same patient in val and train
+    with pytest.raises(DataError, match=r"\(train and val; .*Pass --val-policy resplit"):
+        make_split(g, 0.15, 0.15, seed=0, val_policy="keep")

@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -32,8 +33,11 @@ def test_run_directory_contents(demo_dir, tmp_path):
     run = train(config(demo_dir, tmp_path), tmp_path / "run")
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"config.yaml", "split.csv", "history.csv", "best.safetensors", "last.ckpt", "run.json", "curves.png"} <= names
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir() if p.is_file()}
+    assert len(set(modes.values())) == 1, modes  # best.safetensors was 0600, the rest 0644
     hist = pd.read_csv(tmp_path / "run" / "history.csv")
-    assert list(hist.columns) == ["epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"]
+    assert list(hist.columns) == ["epoch", "phase", "train_loss", "train_loss_weighted", "train_acc", "val_loss",
+                                  "val_acc", "val_auc", "lr", "seconds"]
     assert any((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert len(hist) == 3 and run.info["parameters"] == 54_627
     assert run.info["counts"]["train"]["images"] > 0 and run.info["versions"]["torch"] == torch.__version__
@@ -147,14 +151,14 @@ def test_schedule_settings_out_of_range_are_refused(demo_dir, tmp_path, key, val
 
 @pytest.mark.parametrize("lr_patience", [0, 1])
 def test_lr_patience_0_keeps_the_lesson_constant_rate(demo_dir, tmp_path, lr_patience):
-    # a learning rate too small to matter: after epoch 1, val loss never beats the scheduler's 1e-4 threshold
+    # a learning rate too small to matter: after epoch 1 the validation AUC (a ranking) never gets better
     run = train(config(demo_dir, tmp_path, epochs=4, lr=1e-6, min_lr=0.0, lr_patience=lr_patience,
-                       monitor="val_loss"), tmp_path / "run")
+                       monitor="val_auc"), tmp_path / "run")
     lrs = run.history["lr"].tolist()
     if lr_patience == 0:
         assert lrs == [1e-6] * 4
-    else:
-        assert lrs[0] == 1e-6 and lrs[-1] == pytest.approx(0.5e-6)
+    else:  # epoch 2 brought no improvement: epoch 3 runs at half the rate
+        assert lrs[:2] == [1e-6, 1e-6] and lrs[2] == pytest.approx(0.5e-6)
 
 
 @pytest.mark.slow
@@ -239,6 +243,9 @@ def test_two_phase_schedule_unfreezes_at_lower_lr(demo_dir, tmp_path):
     # the first convs stayed frozen throughout; the last conv was fine-tuned in phase 2
     assert torch.equal(w1["features.0.weight"], init["features.0.weight"])
     assert not torch.equal(w1["features.18.weight"], init["features.18.weight"])
+    # phase 1 (frozen, no augmentation) computed its features once; the time counts in train_seconds
+    assert run.info["features_cached"] and run.info["features_cached_phases"] == [1]
+    assert run.info["train_seconds"] == pytest.approx(hist["seconds"].sum() + run.info["feature_extraction_seconds"])
 
 
 @pytest.mark.slow
@@ -257,6 +264,10 @@ def test_two_process_ddp_gives_one_consistent_checkpoint(demo_dir, tmp_path):
                                 torch.tensor(val["y"].to_numpy(), dtype=torch.float64))
     best = run.history.loc[run.history["epoch"] == run.best_epoch, "val_loss"].item()
     assert float(loss) == pytest.approx(best, abs=1e-4)
+    # training may be padded to an even share per process, and says by how much; validation never is
+    n_train = run.info["counts"]["train"]["images"]
+    assert run.info["train_padding"]["samples_repeated_per_epoch"] == (-n_train) % 2
+    assert len(val) == run.info["counts"]["val"]["images"]
 
 
 def test_init_from_copies_the_backbone(demo_dir, tmp_path):
@@ -292,8 +303,11 @@ def test_cli_devices_2_prints_epochs_and_finishes(demo_dir, tmp_path):
 
 
 def test_training_budget_caps_epochs(demo_dir, tmp_path):
-    run = train(config(demo_dir, tmp_path, epochs=4, max_train_images=1), tmp_path / "one")
+    said = []  # the note comes before the first epoch, not after training
+    run = train(config(demo_dir, tmp_path, epochs=4, max_train_images=1), tmp_path / "one",
+                on_note=lambda m: said.append(("note", m)), on_epoch=lambda row: said.append(("epoch", row["epoch"])))
     assert len(run.history) == 1 and run.info["epochs_planned"] == 1  # at least one epoch
+    assert said[0][0] == "note" and said[0][1].startswith("1 epoch, not 4: the training budget") and said[1] == ("epoch", 1)
     n_train = run.info["counts"]["train"]["images"]
     run = train(config(demo_dir, tmp_path, epochs=4, max_train_images=2 * n_train + 1), tmp_path / "two")
     assert len(run.history) == 2 and run.info["epochs_planned"] == 2
@@ -309,3 +323,39 @@ def test_seed_cnn_bn_trains_contiguous_on_cpu_and_others_channels_last():
     assert training_memory_format(create_model(ModelSpec("seed-cnn-bn")), cpu) == torch.contiguous_format
     assert training_memory_format(create_model(ModelSpec("seed-cnn")), cpu) == torch.channels_last
     assert training_memory_format(create_model(ModelSpec("seed-cnn-bn")), torch.device("cuda")) == torch.channels_last
+
+
+@pytest.mark.parametrize("patience", [1, 2, 3])
+def test_lr_patience_counts_the_epochs_without_improvement(patience):
+    """--lr-patience N: the rate drops after the N-th epoch in a row without a better monitor, not the N+1-th."""
+    from cxrlab.training.trainer import plateau_scheduler
+
+    cfg = TrainConfig(lr_patience=patience, monitor="val_auc", lr=1e-3)
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = plateau_scheduler(opt, cfg)
+    sched.step(0.8)  # the best so far
+    rates = []
+    for _ in range(patience + 1):
+        sched.step(0.7)  # no improvement
+        rates.append(opt.param_groups[0]["lr"])
+    assert rates[:patience - 1] == [1e-3] * (patience - 1) and rates[patience - 1] == pytest.approx(5e-4)
+    assert plateau_scheduler(opt, TrainConfig(lr_patience=0)) is None
+
+
+def test_train_and_val_loss_are_on_one_scale(demo_dir, tmp_path):
+    """train_loss is plain BCE like val_loss; the class-weighted objective is train_loss_weighted. With a
+    learning rate too small to move the weights, both equal what the trained model gives the training set."""
+    from cxrlab.inference import RunModel
+
+    cfg = config(demo_dir, tmp_path, epochs=1, lr=1e-9, dropout=0.0, class_weights=True, val_fraction=0.3)
+    run = train(cfg, tmp_path / "run")
+    model = RunModel(tmp_path / "run", "cpu", tta=0)
+    scored = model.score_data(model.own_data(), "train")
+    y, p = scored["y"].to_numpy(), np.clip(scored["score"].to_numpy(), 1e-7, 1 - 1e-7)
+    pos_weight = run.info["pos_weight"]
+    assert pos_weight != 1
+    plain = float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
+    weighted = float(np.mean(-(pos_weight * y * np.log(p) + (1 - y) * np.log(1 - p))))
+    row = run.history.iloc[0]
+    assert row["train_loss"] == pytest.approx(plain, abs=1e-4)
+    assert row["train_loss_weighted"] == pytest.approx(weighted, abs=1e-4)

@@ -32,16 +32,54 @@ class _Bar:
         self.task = None
 
     def __enter__(self):
-        self.progress.__enter__()
+        self.live = console.is_terminal  # a pipe or a file gets no bar (and no blank line where it was)
+        if self.live:
+            self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
+        if self.live:
+            self.progress.__exit__(*exc)
 
     def __call__(self, done: int, total: int):
+        if not self.live:
+            return
         if self.task is None:
             self.task = self.progress.add_task("", total=total)
         self.progress.update(self.task, completed=done)
+        if done >= total and self.live:  # finished: stop redrawing it (training prints below it for minutes)
+            self.progress.stop()
+            self.live = False
+
+
+class _EpochBar:
+    """In a terminal, a bar per epoch (batches, images/s, time left) that gives way to the epoch's
+    one-line summary; in a pipe or a file, nothing but the summary lines."""
+
+    def __init__(self):
+        self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                                 console=console, transient=True)
+        self.task, self.epoch, self.started = None, 0, 0.0
+
+    def on_batch(self, done: int, total: int, images: int) -> None:
+        import time
+
+        if self.task is None:
+            self.progress.start()
+            self.epoch += 1
+            self.started = time.perf_counter()
+            self.task = self.progress.add_task("", total=total, epoch=self.epoch, rate="")
+        rate = images / max(time.perf_counter() - self.started, 1e-9)
+        self.progress.update(self.task, completed=done, rate=f"{rate:.0f} img/s")
+
+    def on_epoch(self, row: dict) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.progress.stop()
+            self.task = None
+        self.epoch = row["epoch"]
+        _print_epoch(row)
 
 
 def _print_summary(summary: dict, out_dir: Path) -> None:
@@ -181,13 +219,11 @@ def train(
         if not cfg.source:
             raise typer.BadParameter("give DATA or --config with a source")
         out = out or Path("runs") / cfg.model
+    epochs = _EpochBar() if console.is_terminal else None
     with _Bar("decoding images") as bar:
         run = train_run(cfg, out, overwrite=overwrite, resume=resume is not None,
-                        on_epoch=_print_epoch, progress=bar)
-    planned = run.info.get("epochs_planned", run.config.epochs)
-    if planned < run.config.epochs:
-        console.print(f"{planned} epochs, not {run.config.epochs}: the training budget --max-train-images "
-                      f"{run.config.max_train_images} caps them ({run.info['counts']['train']['images']} training images)")
+                        on_epoch=epochs.on_epoch if epochs else _print_epoch, progress=bar,
+                        on_batch=epochs.on_batch if epochs else None, on_note=_print_note)
     console.print(f"best epoch {run.best_epoch} ({run.config.monitor}); "
                   f"{'stopped early; ' if run.stopped_early else ''}run directory: {run.dir.path}")
 
@@ -200,6 +236,10 @@ _TRAIN_FLAGS = {"positive", "images", "split_file", "model", "pretrained", "weig
                 "split_scheme", "split_seed", "val_fraction", "test_fraction", "val_policy", "on_bad_image", "cache_dir"}
 
 
+def _print_note(message: str) -> None:
+    console.print(f"[yellow]note:[/] {message}", highlight=False)
+
+
 def _print_epoch(row: dict) -> None:
     console.print(f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.3f}  "
                   f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.3f}  val_auc {row['val_auc']:.3f}  "
@@ -210,6 +250,8 @@ def _print_epoch(row: dict) -> None:
 def evaluate(
     run: Path = typer.Argument(..., help="A run directory."),
     data: Optional[Path] = typer.Option(None, help="Evaluate on every image of another data set instead."),
+    positive: Optional[str] = typer.Option(None, help="With --data: its label for the run's positive class."),
+    negative: Optional[List[str]] = typer.Option(None, help="With --data: its label(s) for the run's negative class."),
     split: str = typer.Option("test", help="test, val or all."),
     threshold: Optional[str] = typer.Option(None, help="Evaluate at this policy instead of the stored operating point "
                                             "(chosen on validation, for this evaluation only): 0.5, youden, "
@@ -223,7 +265,10 @@ def evaluate(
     Read-only on the run: the operating point predict, serve and export use stays as it is."""
     from .evaluation.evaluate import evaluate_run
 
-    m = evaluate_run(run, data, split, threshold, tta, calibrate, resamples)
+    if (positive or negative) and data is None:
+        raise CxrlabError("--positive and --negative name another data set's labels: use them with --data")
+    m = evaluate_run(run, data, split, threshold, tta, calibrate, resamples, data_positive=positive,
+                     data_negative=negative or None)
     _print_metrics(m, run)
 
 
@@ -294,9 +339,11 @@ def compare(runs: List[Path] = typer.Argument(..., help="Two or more run directo
     table = compare_runs(runs, split, out)
     view = Table("run", "model", "AUC [95% CI]", "sens [CI]", "spec [CI]", "acc (majority)", title=f"{split} split")
     for r in table.itertuples(index=False):
-        view.add_row(Path(r.run).name, r.model, f"{_fmt(r.auc)} [{r.auc_ci}]", f"{_fmt(r.sensitivity)} [{r.sensitivity_ci}]",
+        view.add_row(r.run, r.model, f"{_fmt(r.auc)} [{r.auc_ci}]", f"{_fmt(r.sensitivity)} [{r.sensitivity_ci}]",
                      f"{_fmt(r.specificity)} [{r.specificity_ci}]", f"{_fmt(r.accuracy)} ({_fmt(r.majority_rate)})")
     console.print(view)
+    for warning in table.attrs["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     console.print(f"wrote {out}/comparison.csv, comparison.md, roc_comparison.png")
 
 

@@ -68,16 +68,16 @@ def augmentation_grid(data, path: Path, n: int = 8, seed: int = 0) -> Path:
     transform = build_augment(cfg)
     torch.manual_seed(seed)
     source = data.images[int(data.frame["row"].iat[0])]
-    fig = Figure(figsize=((n + 1) * 1.6, 2))
+    fig = Figure(figsize=((n + 1) * 1.6, 2.5))
     axes = fig.subplots(1, n + 1)
     axes[0].imshow(source, cmap="gray", vmin=0, vmax=255)
-    axes[0].set_title("original", fontsize=8)
+    axes[0].set_title("original", fontsize=10)
     img = torch.from_numpy(np.array(source)).unsqueeze(0)
     for ax in axes[1:]:
         ax.imshow(transform(img)[0].numpy(), cmap="gray", vmin=0, vmax=255)
     for ax in axes:
         ax.axis("off")
-    ranges = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items() if k != "enabled")
-    fig.suptitle(f"augmentation: {ranges}", fontsize=7)
+    ranges = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(cfg).items() if k != "enabled")
+    fig.suptitle(f"augmentation: {ranges}", fontsize=11)  # readable at a glance at the figure's width
     return _save(fig, path)
 

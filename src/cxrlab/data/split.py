@@ -95,18 +95,27 @@ def make_split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, s
         rest = ~test
         val = _grouped_holdout(y[rest], groups[rest], val_fraction / (1 - test_fraction), seed + 1)
         split[np.flatnonzero(rest)[val]] = "val"
-    check_no_leak(frame["patient"], split)
+    check_no_leak(frame["patient"], split, "the given split folders" if (frame["split"].fillna("") != "").any()
+                  else "the data")
     return split, notes
 
 
-def check_no_leak(patients: pd.Series, split: pd.Series) -> None:
-    """A patient in two splits makes the test score optimistic: refuse it."""
-    per_patient = pd.DataFrame({"p": patients.astype(str), "s": split}).groupby("p")["s"].nunique()
-    leaked = per_patient[per_patient > 1].index.tolist()
-    if leaked:
-        raise DataError(f"patient leakage: {len(leaked)} patient(s) appear in more than one split "
-                        f"(e.g. {', '.join(leaked[:5])}). Split by patient, or use --val-policy resplit "
-                        "and move these patients' images into one split folder.")
+def check_no_leak(patients: pd.Series, split: pd.Series, source: str = "the data") -> None:
+    """A patient in two splits makes the test score optimistic: refuse it, with the fix that works
+    for where the leak is (`source` names what assigned the splits)."""
+    frame = pd.DataFrame({"p": patients.astype(str), "s": split})
+    per_patient = frame.groupby("p")["s"].agg(lambda s: frozenset(s))
+    leaked = per_patient[per_patient.map(len) > 1]
+    if leaked.empty:
+        return
+    spans = sorted({" and ".join(sorted(s)) for s in leaked})
+    if any("test" in s for s in leaked):  # re-splitting validation from train cannot move a test patient
+        fix = ("Move each of these patients' images into one split folder (train, val or test), or put all "
+               "images in one folder without train/val/test and let cxrlab split by patient.")
+    else:
+        fix = "Pass --val-policy resplit: validation is then re-split from train by patient."
+    raise DataError(f"patient leakage in {source}: {len(leaked)} patient(s) appear in more than one split "
+                    f"({'; '.join(spans)}; e.g. {', '.join(leaked.index[:5])}). {fix}")
 
 
 def save_split(frame: pd.DataFrame, path: str | Path) -> None:
@@ -130,5 +139,5 @@ def load_split(path: str | Path, frame: pd.DataFrame) -> pd.Series:
         raise DataError(f"{path}: {len(missing)} image(s) of the data are not in the split file, "
                         f"e.g. {missing.iloc[0]}. Make a new split instead.")
     split = frame["path"].map(by_path)
-    check_no_leak(frame["patient"], split)
+    check_no_leak(frame["patient"], split, str(path))
     return split

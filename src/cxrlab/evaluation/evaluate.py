@@ -45,8 +45,10 @@ def evaluation_point(model: RunModel, own, policy: str | None, calibrate: bool) 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
                  policy: str | None = None, tta: int | None = None, calibrate: bool = False,
-                 n_resamples: int = 1000, seed: int = 0) -> dict:
-    """Evaluate a run on its own `split` (or on every image of another data set `data`) and write
+                 n_resamples: int = 1000, seed: int = 0, data_positive: str | None = None,
+                 data_negative: str | list[str] | None = None) -> dict:
+    """Evaluate a run on its own `split` (or on every image of another data set `data`, whose labels
+    for the run's classes are `data_positive` / `data_negative` when they are named otherwise) and write
     eval/<split>/ into the run directory. Read-only on the run itself: the operating point is the
     stored one, or one chosen for this evaluation only (see `evaluation_point`). Returns the metrics
     dictionary (also metrics.json)."""
@@ -60,9 +62,10 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     model.use_point(point)
     if data is not None:
         try:
-            other = load_data(data, cfg.positive, cfg.negative, None, cfg.data)
+            other = load_data(data, data_positive or cfg.positive, data_negative or cfg.negative, None, cfg.data)
         except DataError as exc:
-            raise DataError(f"{data} does not fit this run's task ({model.positive} vs {model.negative}): {exc}") from None
+            raise DataError(f"{data} does not fit this run's task ({model.positive} vs {model.negative}): {exc}. "
+                            "If its labels are named otherwise, pass --positive and --negative with its names.") from None
         scored, split = model.score_data(other, "all"), "external" if split == "test" else split
     else:
         scored = model.score_data(own, split)

@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """RGB in [0, 1]: the grey X-ray with the jet-coloured heatmap (values 0..1) laid over it."""
     grey = np.repeat((image.astype(np.float32) / 255)[..., None], 3, axis=-1)
-    return (1 - alpha) * grey + alpha * colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
+    rgb = (1 - alpha) * grey + alpha * colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
+    return np.clip(rgb, 0.0, 1.0)  # rounding can leave 1 + 1e-16, which imshow reports as "Clipping input data"
 
 
 def overlay_grid(images: np.ndarray, maps: dict[str, np.ndarray], titles: list[str], path: Path,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -41,7 +42,11 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     else:
         path = out / "model.torchscript.pt"
         model = plain(copy.deepcopy(predictor.model)).float().eval().to(memory_format=torch.contiguous_format)
-        torch.jit.trace(model, torch.randn(2, chans, size, size)).save(str(path))
+        # TorchScript is deprecated in favour of torch.export, but it is what LibTorch (C++) and older
+        # torch versions load; its FutureWarnings would only repeat that on every export
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.trace(model, torch.randn(2, chans, size, size)).save(str(path))
     (out / "preprocess.json").write_text(json.dumps({
         "image_size": size, "channels": chans,
         "normalization": predictor.spec.normalization, "positive": predictor.positive,

@@ -13,12 +13,13 @@ import pandas as pd
 def plot_learning_curves(history: pd.DataFrame, path: str | Path) -> Path:
     fig = Figure(figsize=(12, 3.2))
     axes = fig.subplots(1, 3)
+    titles = {"loss": "loss: BCE, unweighted (train and val alike)", "acc": "accuracy", "auc": "AUC"}
     for ax, metric in zip(axes, ("loss", "acc", "auc")):
         for split in ("train", "val"):
             col = f"{split}_{metric}"
             if col in history and history[col].notna().any():
                 ax.plot(history["epoch"], history[col], marker="o", label=split)
-        ax.set_title(metric)
+        ax.set_title(titles[metric])
         ax.set_xlabel("epoch")
         ax.legend()
     fig.tight_layout()

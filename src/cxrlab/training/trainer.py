@@ -40,7 +40,10 @@ from .features import extract_features
 from .metrics import epoch_metrics
 
 CHECKPOINT_FORMAT = "cxrlab-checkpoint-1"
-HISTORY_COLUMNS = ["epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"]
+# train_loss and val_loss are the same quantity, plain (unweighted) BCE, so they can share an axis;
+# train_loss_weighted is what the optimiser minimised (BCE with pos_weight when class weights are on)
+HISTORY_COLUMNS = ["epoch", "phase", "train_loss", "train_loss_weighted", "train_acc", "val_loss", "val_acc", "val_auc",
+                   "lr", "seconds"]
 
 
 class TrainingDiverged(CxrlabError):
@@ -147,12 +150,25 @@ def _init_from_run(model: nn.Module, run_dir: str) -> None:
                           f"({len(missing)} tensors missing, e.g. {missing[0]}); use the same --model")
 
 
+def plateau_scheduler(optimizer, cfg: TrainConfig):
+    """The learning rate x cfg.lr_factor once cfg.lr_patience epochs in a row brought no improvement
+    of the monitor (improvement as the best checkpoint counts it: strictly better); None when
+    lr_patience is 0 (a constant rate, as the lesson trains). PyTorch's `patience` counts the bad
+    epochs it tolerates, one fewer than the ones after which it acts."""
+    if cfg.lr_patience <= 0:
+        return None
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min" if cfg.monitor == "val_loss" else "max", factor=cfg.lr_factor,
+        patience=cfg.lr_patience - 1, threshold=0.0, min_lr=cfg.min_lr)
+
+
 class _Loop:
     """One training run's moving parts; `run()` drives the phases and epochs."""
 
     def __init__(self, cfg: TrainConfig, run: RunDir, data: LoadedData, ctx: distributed.DistContext,
-                 on_epoch: Callable[[dict], None] | None):
+                 on_epoch: Callable[[dict], None] | None, on_batch=None, on_note=None):
         self.cfg, self.run_dir, self.data, self.ctx, self.on_epoch = cfg, run, data, ctx, on_epoch
+        self.on_batch, self.on_note = on_batch, on_note  # (batches done, batches, images done); a message
         self.spec = model_spec(cfg)
         self.device = select_device(cfg.device)
         if ctx.active and self.device.type == "cuda":
@@ -179,6 +195,9 @@ class _Loop:
                                      collate_fn=self.collate, num_workers=cfg.workers, generator=torch.Generator())
         self.state = State()
         self.saved_epoch = 0  # the epoch last.ckpt holds
+        self.cached_phases: list[int] = []  # phases whose backbone features were computed once and reused
+        self.extraction_seconds = 0.0
+        self.train_padding = 0  # training samples DistributedSampler repeats so every process gets as many
         self.stopped_early = False
         self.writer = None
         if ctx.main:
@@ -191,12 +210,7 @@ class _Loop:
         set_trainable_blocks(self.model, phase.trainable_blocks)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = adam(self.params, self.device, phase.lr, self.cfg.weight_decay)
-        mode = "min" if self.cfg.monitor == "val_loss" else "max"
-        self.scheduler = None  # lr_patience 0: a constant learning rate, as the lesson trains
-        if self.cfg.lr_patience > 0:
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, mode=mode, factor=self.cfg.lr_factor, patience=self.cfg.lr_patience,
-                min_lr=self.cfg.min_lr)
+        self.scheduler = plateau_scheduler(self.optimizer, self.cfg)
         self.ema = None
         if self.cfg.ema_decay:  # restarted per phase, from the weights the phase starts with
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay),
@@ -218,8 +232,11 @@ class _Loop:
             # global RNG (dropout masks) relative to a run that recomputes the features
             train_loader = DataLoader(self.data.dataset("train"), batch_size=64, collate_fn=self.collate,
                                       num_workers=self.cfg.workers, generator=torch.Generator())
+            t0 = time.perf_counter()
             self.cached = extract_features(self.model, train_loader, self.device, self.cfg.precision)
             self.cached_val = extract_features(self.model, self.val_loader, self.device, self.cfg.precision)
+            self.extraction_seconds += time.perf_counter() - t0
+            self.cached_phases.append(self.state.phase + 1)
 
     @property
     def scored_model(self) -> nn.Module:
@@ -234,6 +251,8 @@ class _Loop:
         batch = max(1, cfg.batch_size // world)  # the global batch stays cfg.batch_size
         if self.ctx.active:
             sampler = DistributedSampler(dataset, world, self.ctx.rank, shuffle=True, seed=cfg.seed)
+            # training only: validation and test are scored whole by every process, never padded
+            self.train_padding = len(sampler) * world - len(dataset)
             sampler.set_epoch(epoch)
             loader = DataLoader(dataset, batch_size=batch, sampler=sampler,
                                 collate_fn=None if self.cached is not None else self.collate, num_workers=cfg.workers)
@@ -243,6 +262,7 @@ class _Loop:
                                 collate_fn=None if self.cached is not None else self.collate,
                                 num_workers=cfg.workers)
         forward = self.model.head if self.cached is not None else (self.ddp or self.model)
+        self.batches_total = len(loader)
         for x, y in loader:
             if self.cached is None:
                 x = x.to(self.device, memory_format=self.memory_format)
@@ -256,8 +276,8 @@ class _Loop:
             backbone_of(self.model).eval()  # a frozen backbone is a fixed feature extractor
         else:
             freeze_bn_stats(self.model)
-        total, n, correct = 0.0, 0, 0
-        for x, y, forward in self._train_batches(epoch):
+        total, plain, n, correct = 0.0, 0.0, 0, 0
+        for batch, (x, y, forward) in enumerate(self._train_batches(epoch), 1):
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(self.device, self.cfg.precision):
                 logits = forward(x).float().reshape(-1)
@@ -284,16 +304,21 @@ class _Loop:
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             total += loss.item() * len(y)
+            plain += (nn.functional.binary_cross_entropy_with_logits(logits.detach(), y).item() * len(y)
+                      if self.pos_weight else loss.item() * len(y))
             n += len(y)
             correct += int(((logits.detach() > 0) == (y > 0.5)).sum())
-        total, n, correct = self.ctx.sum(total, n, correct)
+            if self.on_batch:
+                self.on_batch(batch, self.batches_total, n)
+        total, plain, n, correct = self.ctx.sum(total, plain, n, correct)
         if self.cached_val is not None:  # frozen backbone: the head scores the stored val features
             val = DataLoader(self.cached_val, batch_size=256, generator=torch.Generator())
             vy, vs, vloss = predict_scores(self.scored_model.head, val, self.device, self.cfg.precision)
         else:
             vy, vs, vloss = predict_scores(self.scored_model, self.val_loader, self.device, self.cfg.precision)
         vm = epoch_metrics(vy, vs)
-        return {"epoch": epoch, "phase": self.state.phase + 1, "train_loss": total / n, "train_acc": correct / n,
+        return {"epoch": epoch, "phase": self.state.phase + 1, "train_loss": plain / n,
+                "train_loss_weighted": total / n, "train_acc": correct / n,
                 "val_loss": vloss, "val_acc": vm["acc"], "val_auc": vm["auc"],
                 "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
 
@@ -357,6 +382,9 @@ class _Loop:
     def run(self, resume_ckpt: dict | None) -> None:
         phases = phases_of(self.cfg, self.n_train)
         st = self.state
+        if self.on_note and phases[0].epochs < self.cfg.epochs and st.epoch == 0:  # said before training, not after
+            self.on_note(f"{phases[0].epochs} epoch{'s' * (phases[0].epochs != 1)}, not {self.cfg.epochs}: the training budget --max-train-images "
+                         f"{self.cfg.max_train_images} caps them ({self.n_train} training images; 0 turns it off)")
         while st.phase < len(phases):
             phase = phases[st.phase]
             self._start_phase(phase, resume_ckpt)
@@ -379,10 +407,14 @@ class _Loop:
 
 def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
           on_epoch: Callable[[dict], None] | None = None,
-          progress: Callable[[int, int], None] | None = None) -> Run:
+          progress: Callable[[int, int], None] | None = None,
+          on_batch: Callable[[int, int, int], None] | None = None,
+          on_note: Callable[[str], None] | None = None) -> Run:
     """Train `cfg` into run directory `out`. With resume=True the run's own config.yaml and
     last.ckpt are used, and training continues where it stopped. With cfg.devices > 1, that many
-    data-parallel processes are started here; under torchrun the launched processes cooperate."""
+    data-parallel processes are started here; under torchrun the launched processes cooperate.
+    Callbacks: on_epoch(history row), progress(done, total) while decoding, on_batch(batches done,
+    batches, images done) within an epoch, on_note(message) for what the user should know before training."""
     run = RunDir(out)
     if resume:
         run.prepare(resume=True)
@@ -396,12 +428,13 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, resume: bo
             run.prepare(overwrite=overwrite)
         # the directory is prepared above, so each process resumes exactly when a checkpoint exists; the
         # progress bar stays here (it cannot cross a process boundary), the epoch printer travels
-        distributed.spawn(_train_process, cfg.devices, cfg, str(out), True, on_epoch, None)
+        distributed.spawn(_train_process, cfg.devices, cfg, str(out), True, on_epoch, None, None, on_note)
         return load_run(out)
-    return _train_process(cfg, str(out), resume or False, on_epoch, progress, overwrite)
+    return _train_process(cfg, str(out), resume or False, on_epoch, progress, on_batch, on_note, overwrite)
 
 
-def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress, overwrite: bool = False):
+def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress, on_batch=None, on_note=None,
+                   overwrite: bool = False):
     """One training process (of one, or of a data-parallel group). resume: continue from last.ckpt
     when it exists."""
     run = RunDir(out)
@@ -429,7 +462,7 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
         train_rows = data.frame.index[data.frame["split"] == "train"]
         shuffled = np.random.default_rng(cfg.seed).permutation(data.frame.loc[train_rows, "y"].to_numpy())
         data.frame.loc[train_rows, "y"] = shuffled
-    loop = _Loop(cfg, run, data, ctx, on_epoch if ctx.main else None)
+    loop = _Loop(cfg, run, data, ctx, *((on_epoch, on_batch, on_note) if ctx.main else (None, None, None)))
     if ckpt is not None:
         loop.restore(ckpt)
     t0 = time.perf_counter()
@@ -454,8 +487,13 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
         "best_score": loop.state.best, "epochs_run": len(hist),
         "epochs_planned": first_phase_epochs(cfg, loop.n_train), "stopped_early": loop.stopped_early,
         "device": str(loop.device), "precision": cfg.precision, "processes": ctx.world,
-        "features_cached": loop.cached is not None,
-        "train_seconds": float(hist["seconds"].sum()) if len(hist) else 0.0,
+        "features_cached": bool(loop.cached_phases), "features_cached_phases": loop.cached_phases,
+        "feature_extraction_seconds": loop.extraction_seconds,
+        # the epochs' time plus the one-off feature extraction of frozen-backbone phases
+        "train_seconds": (float(hist["seconds"].sum()) if len(hist) else 0.0) + loop.extraction_seconds,
+        "train_padding": {"samples_repeated_per_epoch": loop.train_padding,
+                          "note": "DistributedSampler repeats training samples so every process gets as many; "
+                                  "validation and test are never padded"} if ctx.active else None,
         "wall_seconds_last_session": time.perf_counter() - t0,
         "versions": _versions(), "git_commit": _git_commit(),
     }
