@@ -108,3 +108,14 @@ def test_a_training_log_piped_to_a_file_has_one_line_per_epoch(tmp_path):
     epochs = [line for line in lines if line.startswith("epoch ")]
     assert len(epochs) == 3 and all("val_auc" in line and line.rstrip().endswith(("s", "*")) for line in epochs)
     assert len(epochs[0]) > 80 and "" not in lines
+
+
+def test_thresholds_print_enough_digits_to_tell_them_from_1():
+    import pandas as pd
+
+    from cxrlab.cli import _threshold_text
+    from cxrlab.evaluation.compare import markdown_table
+
+    assert _threshold_text(0.999998) == "0.999998" and _threshold_text(0.5) == "0.5"
+    table = markdown_table(pd.DataFrame({"run": ["a"], "auc": [0.91234], "threshold": [0.999998]}))
+    assert "| a | 0.912 | 0.999998 |" in table

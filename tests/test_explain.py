@@ -1,6 +1,7 @@
 import resource
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -14,29 +15,40 @@ from cxrlab.models import ModelSpec, create_model
 from cxrlab.training import train
 
 
-@pytest.mark.parametrize("method", ["cam", "gradcam", "gradcam++", "scorecam"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "scorecam", "layercam"])
 def test_map_shape_and_range(method):
     model = explainable_copy(create_model(ModelSpec("seed-cnn", image_size=64)))
     maps = compute_maps(model, torch.randn(3, 1, 64, 64), method, default_target_layer(model))
     assert maps.shape == (3, 64, 64) and maps.min() >= 0 and maps.max() <= 1
 
 
-def test_cam_equals_the_manual_formula():
-    import cv2  # pytorch-grad-cam upsamples with OpenCV; the reference does the same
-
+def test_cam_equals_the_manual_formula_on_a_linear_head():
+    """CAM (Zhou et al.) on a model whose head is linear after global pooling: sum_k w_k f_k(x, y)."""
     torch.manual_seed(0)
-    model = explainable_copy(create_model(ModelSpec("seed-cnn")))
-    x = torch.randn(2, 1, 256, 256)
-    ours = compute_maps(model, x, "cam", default_target_layer(model))
-    feats = model.features(x).detach().requires_grad_(True)  # f_k(x, y): 50 maps of 4 x 4
-    pooled = model.pool(feats)
-    w = torch.autograd.grad(model.head(pooled).sum(), pooled)[0][:, :, 0, 0]  # w_k = d logit / d pooled_k
+    model = TwoChannel().eval()
+    with torch.no_grad():
+        model.features[0].weight.normal_()
+        model.head[1].weight.normal_()
+    x = torch.randn(2, 1, 32, 32)
+    ours = compute_maps(model, x, "cam", model.features[1])
+    feats = model.features(x).detach()
+    w = model.head[1].weight[0].detach()
     for i in range(2):
-        cam = torch.relu((w[i, :, None, None] * feats[i]).sum(0)).detach().numpy()  # sum_k w_k f_k(x, y)
-        assert cam.shape == (4, 4) and cam.max() > 0
-        ref = cv2.resize(cam, (256, 256))
-        ref = (ref - ref.min()) / (ref.max() - ref.min() + 1e-7)
+        cam = torch.relu((w[:, None, None] * feats[i]).sum(0)).numpy()
+        ref = (cam - cam.min()) / (cam.max() - cam.min() + 1e-7)
         assert np.abs(ours[i] - ref).max() < 1e-4
+
+
+def test_cam_is_refused_where_it_is_not_defined():
+    """seed-cnn's head is an MLP after global pooling (Dense 128, Dense 32): Zhou et al.'s CAM is not
+    defined there, and showing it beside Grad-CAM would show one method twice."""
+    from cxrlab.errors import ConfigError
+    from cxrlab.saliency.methods import linear_head
+
+    model = explainable_copy(create_model(ModelSpec("seed-cnn", image_size=64)))
+    assert not linear_head(model) and linear_head(TwoChannel())
+    with pytest.raises(ConfigError, match="cam .* needs a linear head .* Use gradcam"):
+        compute_maps(model, torch.randn(1, 1, 64, 64), "cam", default_target_layer(model))
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
@@ -132,8 +144,14 @@ def test_sanity_check_fails_an_edge_detector_and_passes_gradcam(demo_run):
 
     table = cascading_randomization(model, x, {"edges": edges, "gradcam": "gradcam"})
     verdict = verdicts(table)
-    assert not verdict.loc["edges", "passes"] and verdict.loc["edges", "spearman_all_random"] > 0.99
-    assert verdict.loc["gradcam", "passes"]
+    assert verdict.loc["edges", "verdict"] == "fails" and verdict.loc["edges", "spearman"] > 0.99
+    assert verdict.loc["gradcam", "verdict"] == "passes"
+    # steps whose maps no longer differ between images are marked degenerate, never counted as passes,
+    # and the verdict comes from the last step that still compares something
+    grad = table[table["method"] == "gradcam"]
+    assert ((grad["verdict"] == "degenerate") == ~(grad["model_responds"] & grad["maps_vary"])).all()
+    step = verdict.loc["gradcam", "step"]
+    assert grad.loc[grad["step"] == step, "verdict"].iloc[0] == "passes"
 
 
 def test_localisation_on_synthetic_findings_beats_chance(demo_run):
@@ -142,6 +160,22 @@ def test_localisation_on_synthetic_findings_beats_chance(demo_run):
     result = localisation(run, demo / "boxes.csv", demo / "data", ["gradcam"], target_layer="features.10")
     r = result["gradcam"]
     assert r["images"] > 50 and r["pointing_game"] > 5 * r["pointing_chance"]
+    # the default map (LayerCAM, the 5th block) beats chance with a CI that excludes it
+    r = localisation(run, demo / "boxes.csv", demo / "data", ["layercam"])["layercam"]
+    assert r["pointing_ci95"][0] > r["pointing_chance"]
+
+
+def test_boxes_of_another_finding_or_size_are_refused(demo_run, tmp_path):
+    from cxrlab.errors import CxrlabError
+
+    run, demo = demo_run
+    other = tmp_path / "boxes.csv"
+    other.write_text((demo / "boxes.csv").read_text().replace("Effusion", "Infiltrate"))
+    with pytest.raises(CxrlabError, match="no boxes of 'effusion'; its findings: Infiltrate"):
+        localisation(run, other, demo / "data", ["gradcam"])
+    assert localisation(run, other, demo / "data", ["gradcam"], finding="Infiltration")["gradcam"]["images"] > 50
+    with pytest.raises(CxrlabError, match="outside the 128 x 128 px .* pass --boxes-space"):
+        localisation(run, demo / "boxes.csv", demo / "data", ["gradcam"], boxes_space=128)
 
 
 def test_explain_writes_pngs_and_npy(demo_run, tmp_path):
@@ -170,3 +204,67 @@ def test_faithfulness_scores_and_data_randomisation(demo_run, tmp_path):
     images = sorted((demo / "data" / "effusion").glob("*.png"))[:3]
     table = data_randomization(run, shuffled.dir.path, images, ["gradcam"])
     assert list(table.columns) == ["method", "spearman", "ssim", "passes"] and len(table) == 1
+
+
+def test_batch_norm_is_reinitialised_with_its_buffers():
+    """A randomised layer is a fresh one: batch norm's running statistics are reset too, not kept."""
+    from cxrlab.saliency.sanity import reinitialise
+
+    bn = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.running_mean.fill_(5.0)
+        bn.running_var.fill_(9.0)
+        bn.weight.fill_(3.0)
+    reinitialise(bn, seed=1)
+    assert torch.equal(bn.running_mean, torch.zeros(4)) and torch.equal(bn.running_var, torch.ones(4))
+    assert torch.equal(bn.weight, torch.ones(4)) and torch.equal(bn.bias, torch.zeros(4))
+    conv = nn.Conv2d(1, 2, 3)
+    reinitialise(conv, seed=1)
+    first = conv.weight.clone()
+    reinitialise(conv, seed=1)
+    assert torch.equal(conv.weight, first)  # seeded
+
+
+def test_a_model_that_ignores_its_input_makes_steps_degenerate_not_passing():
+    from cxrlab.saliency.sanity import cascading_randomization, responds_to_input, verdicts
+
+    model = TwoChannel().eval()
+    x = torch.randn(4, 1, 32, 32)
+    assert responds_to_input(model, x)
+    with torch.no_grad():
+        model.head[1].weight.zero_()  # every input now gets the bias as its logit
+    assert not responds_to_input(model, x)
+    # a method that draws one fixed pattern for every image compares nothing: every step is
+    # degenerate, and the verdict is "undetermined", never "passes"
+    pattern = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    table = cascading_randomization(TwoChannel().eval(), x, {"fixed": lambda m, b: np.stack([pattern] * len(b))})
+    assert (table["verdict"] == "degenerate").all() and not table["maps_vary"].any()
+    assert verdicts(table).loc["fixed", "verdict"] == "undetermined" and not verdicts(table).loc["fixed", "passes"]
+
+
+def test_representative_images_are_test_images_one_per_patient_positives_first(demo_run):
+    from cxrlab.saliency import representative_images
+
+    run, _ = demo_run
+    paths, how = representative_images(run, 6, seed=0)
+    split = pd.read_csv(run / "split.csv").set_index("path")
+    rows = split.loc[paths]
+    assert (rows["split"] == "test").all() and rows["patient"].is_unique
+    assert list(rows["y"]) == sorted(rows["y"], reverse=True) and rows["y"].sum() == 3
+    assert representative_images(run, 6, seed=0)[0] == paths != representative_images(run, 6, seed=1)[0]
+    assert how.startswith("6 test images of 6 patients (one image each, seed 0): 3 effusion, then 3 normal")
+
+
+def test_sanity_compares_the_signed_gradcam_map_too():
+    """Adebayo et al. compare signed maps beside absolute ones: Grad-CAM's, before its ReLU, is in [-1, 1]
+    and is the rectified map where positive."""
+    from cxrlab.saliency.sanity import cascading_randomization, signed_gradcam
+
+    torch.manual_seed(0)
+    model = explainable_copy(create_model(ModelSpec("seed-cnn", image_size=64)))
+    x = torch.randn(3, 1, 64, 64)
+    layer = model.features[8]
+    signed = signed_gradcam(model, x, layer)
+    assert signed.shape == (3, 64, 64) and signed.min() >= -1 and signed.max() <= 1 and (signed < 0).any()
+    table = cascading_randomization(model, x, {"gradcam": "gradcam"}, "features.8")
+    assert set(table["method"]) == {"gradcam", "gradcam (signed)"}

@@ -350,16 +350,23 @@ def compare(runs: List[Path] = typer.Argument(..., help="Two or more run directo
 @app.command()
 def explain(
     run: Path = typer.Argument(..., help="A run directory."),
-    images: Optional[List[Path]] = typer.Argument(None, help="Image files or folders (default: the run's test split)."),
-    method: Optional[List[str]] = typer.Option(None, help="cam, gradcam, gradcam++, scorecam, ... (repeatable)."),
+    images: Optional[List[Path]] = typer.Argument(None, help="Image files or folders (default: a representative "
+                                                  "draw of the run's test split, one image per patient)."),
+    method: Optional[List[str]] = typer.Option(None, help="gradcam, gradcam++, scorecam, layercam, ... (repeatable; "
+                                               "cam only for a linear head)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default RUN/explain)."),
-    target_layer: Optional[str] = typer.Option(None, help="Layer to explain (default: the last conv block)."),
+    target_layer: Optional[str] = typer.Option(None, help="Layer to explain (default: the model's, chosen by "
+                                               "localisation on boxes, BENCHMARKS.md)."),
     sanity: bool = typer.Option(False, help="Run the model-parameter randomisation sanity check."),
     shuffled_run: Optional[Path] = typer.Option(None, help="A run trained on shuffled labels: data-randomisation test."),
-    boxes: Optional[Path] = typer.Option(None, help="NIH BBox_List_2017-style CSV: pointing game and T(IoBB)."),
+    boxes: Optional[Path] = typer.Option(None, help="NIH BBox_List_2017-style CSV (or its folder): pointing game and T(IoBB)."),
     boxes_images: Optional[Path] = typer.Option(None, help="Folder with the boxed images (default: the run's data)."),
+    boxes_space: Optional[int] = typer.Option(None, help="Size of the images the boxes were drawn on (NIH's: 1024); "
+                                              "default: each image's own."),
+    finding: Optional[str] = typer.Option(None, help="With --boxes: the boxes' finding (default: the run's positive)."),
     faithfulness: bool = typer.Option(False, help="With --boxes: also ROAD scores per method."),
-    limit: int = typer.Option(16, help="At most this many images from the test split when none are given."),
+    limit: int = typer.Option(8, help="How many test images to draw when none are given."),
+    seed: int = typer.Option(0, help="Seed of the representative draw."),
 ):
     """Heatmaps over the X-ray for each method (PNG + raw .npy), checked for sanity and localisation."""
     import json
@@ -372,28 +379,38 @@ def explain(
     cfg = RunDir(run).read_config()
     positive, _ = RunDir(run).task_names()
     if not images:
-        split = RunDir(run).read_split()
-        images = [Path(p) for p in split.loc[split["split"] == "test", "path"].head(limit)]
+        paths, how = ex.representative_images(run, limit, seed)
+        images = [Path(p) for p in paths]
+        console.print(f"explaining {how}", highlight=False)
     exp = ex.explain(run, images, methods, target_layer)
     ex.save_explanation(exp, out, positive)
-    console.print(f"explained {len(exp.paths)} image(s) with {', '.join(methods)}: {out}/")
+    console.print(f"explained {len(exp.paths)} image(s) with {', '.join(methods)} ({exp.resolution}): {out}/",
+                  highlight=False)
     if sanity:
+        from .saliency.sanity import PASS_RULE
+
         table, verdict = ex.sanity_check(run, images, methods, target_layer, out)
-        view = Table("method", "Spearman (all random)", "SSIM (all random)", "verdict", title="sanity check")
+        view = Table("method", "verdict", "at step", "Spearman", "SSIM", "HOG", "degenerate steps", title="sanity check")
         for m, row in verdict.iterrows():
-            view.add_row(m, f"{row.spearman_all_random:.3f}", f"{row.ssim_all_random:.3f}",
-                         "[green]passes[/]" if row.passes else "[red]FAILS: maps ignore the model[/]")
+            text = {"passes": "[green]passes[/]", "fails": "[red]FAILS: maps ignore the model[/]",
+                    "undetermined": "[yellow]undetermined: every step degenerate[/]"}[row.verdict]
+            view.add_row(m, text, str(row.randomised_down_to), f"{row.spearman:.3f}", f"{row.ssim:.3f}",
+                         f"{row.hog:.3f}", str(row.degenerate_steps))
         console.print(view)
+        console.print(f"rule: {PASS_RULE}; per-step verdicts in {out}/sanity.csv", highlight=False)
     if shuffled_run:
         table = ex.data_randomization(run, shuffled_run, images, methods, target_layer)
         table.to_csv(Path(out) / "data_randomization.csv", index=False)
         console.print(table.to_string(index=False))
     if boxes:
-        result = ex.localisation(run, boxes, boxes_images or cfg.source, methods, target_layer, faithfulness)
+        result = ex.localisation(run, boxes, boxes_images or cfg.source, methods, target_layer, faithfulness,
+                                 boxes_space, finding)
         (Path(out) / "localisation.json").write_text(json.dumps(result, indent=2))
         for m, r in result.items():
-            console.print(f"{m}: pointing game {r['pointing_game']:.3f} (chance {r['pointing_chance']:.3f}); "
-                          f"T(IoBB) accuracy " + ", ".join(f"{t}: {v:.2f}" for t, v in r["iobb_accuracy"].items()))
+            lo, hi = r["pointing_ci95"]
+            console.print(f"{m}: pointing game {r['pointing_game']:.3f} [95% CI {lo:.3f}-{hi:.3f}] over {r['images']} "
+                          f"boxes (chance {r['pointing_chance']:.3f}); T(IoBB) accuracy "
+                          + ", ".join(f"{t}: {v:.2f}" for t, v in r["iobb_accuracy"].items()), highlight=False)
 
 
 @app.command()
@@ -402,7 +419,7 @@ def predict(
     paths: List[Path] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM...) or folders."),
     out: Optional[Path] = typer.Option(None, help="Write the predictions as CSV."),
     heatmaps: Optional[Path] = typer.Option(None, help="Folder for heatmap PNGs and .npy maps."),
-    method: str = typer.Option("gradcam", help="Heatmap method with --heatmaps."),
+    method: str = typer.Option("layercam", help="Heatmap method with --heatmaps (layercam: the measured default)."),
     on_bad_image: str = typer.Option("error", help="error: stop at an unreadable image; skip: leave it out and list it."),
 ):
     """Score new images with the run's preprocessing and its stored (validation-chosen) threshold."""

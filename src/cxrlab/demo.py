@@ -127,11 +127,12 @@ def run_demo(out_dir: str | Path = "cxrlab-demo", progress=None, on_epoch=None, 
     from .evaluation.evaluate import evaluate_run
     from .report import write_report
 
-    from .saliency import explain, save_explanation
+    from .saliency import explain, representative_images, save_explanation
 
     metrics = evaluate_run(run.dir)
-    examples = sorted((data_dir / POSITIVE).glob("*.png"))[:2] + sorted((data_dir / NEGATIVE).glob("*.png"))[:2]
-    save_explanation(explain(run.dir, examples, ["cam", "gradcam", "gradcam++", "scorecam"]),
+    # test images only (never training images), one per patient, positives first
+    examples, _ = representative_images(run.dir, 4)
+    save_explanation(explain(run.dir, examples, ["layercam", "gradcam", "gradcam++", "scorecam"]),
                      out_dir / "explain", POSITIVE)
     report = write_report(run.dir)
     return {"data_dir": data_dir, "summary": summary, "summary_dir": summary_dir, "run": run,

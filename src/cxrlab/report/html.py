@@ -17,6 +17,8 @@ from ..data.images import read_image
 from ..errors import CxrlabError
 from ..config import to_dict
 from ..runs import MODEL_CARD, RunDir
+from ..saliency import MAP_LIMITS
+from ..saliency.methods import DEFAULT_MAP_METHOD
 from ..saliency.figures import blend
 
 CSS = """
@@ -65,16 +67,17 @@ def _f(value) -> str:
     return "undefined" if value is None else f"{value:.3f}"
 
 
-def _heatmaps(run: RunDir, paths: list[str], method: str) -> dict[str, np.ndarray]:
+def _heatmaps(run: RunDir, paths: list[str], method: str) -> tuple[dict[str, np.ndarray], str]:
+    """Maps by path, and what they can show (the layer and its native resolution)."""
     if not paths:
-        return {}
+        return {}, ""
     from ..saliency import explain
 
     exp = explain(run, paths, [method])
-    return dict(zip(exp.paths, exp.maps[method]))
+    return dict(zip(exp.paths, exp.maps[method])), exp.resolution
 
 
-def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap_method: str | None = "gradcam",
+def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap_method: str | None = DEFAULT_MAP_METHOD,
                  sample: int = 4, seed: int = 0) -> Path:
     """Write RUN/report.html (evaluating the run first when it has not been evaluated). The top
     false negatives and false positives and a random sample are shown with `heatmap_method` maps."""
@@ -104,8 +107,15 @@ def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap
     fn = m["false_negative_files"][:top]
     fp = m["false_positive_files"][:top]
     preds = pd.read_csv(eval_dir / "predictions.csv")
-    picked = preds.sample(min(sample, len(preds)), random_state=seed) if len(preds) else preds
-    cams = _heatmaps(run, fn + fp + picked["path"].tolist(), heatmap_method) if heatmap_method else {}
+    if split == "test" and len(preds):  # test images only, one per patient, positives first (saliency)
+        from ..saliency import representative_images
+
+        paths, drawn = representative_images(run, sample, seed)
+        picked = preds.set_index("path").loc[[p for p in paths if p in set(preds["path"])]].reset_index()
+    else:
+        picked = preds.sample(min(sample, len(preds)), random_state=seed) if len(preds) else preds
+        drawn = f"{len(picked)} images drawn at random (seed {seed})"
+    cams, resolution = _heatmaps(run, fn + fp + picked["path"].tolist(), heatmap_method) if heatmap_method else ({}, "")
     caption = dict(zip(preds["path"], (f"{Path(p).name}: {lab}, p={s:.2f}" for p, lab, s in
                                         zip(preds["path"], preds["label"], preds["score"]))))
     parts = [
@@ -141,12 +151,13 @@ def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap
          f"<div class='figs'>{_file_img(eval_dir / 'reliability.png', 'reliability diagram')}</div>"
          if "calibration" in m else "<p>Undefined with one class.</p>"),
         "<h2 id='errors'>Errors</h2>",
-        f"<p class='muted'>{'Heatmaps: ' + heatmap_method + ' for the positive class.' if heatmap_method else ''}</p>",
+        (f"<p class='muted'>Heatmaps: {html.escape(heatmap_method)} for the positive class, from {html.escape(resolution)}. "
+         f"{html.escape(MAP_LIMITS)}</p>" if heatmap_method else ""),
         f"<h3>False negatives ({cmat['fn']}; lowest scores first)</h3><div class='thumbs'>"
         + "".join(_thumb(p, caption.get(p, Path(p).name), cams.get(p)) for p in fn) + "</div>",
         f"<h3>False positives ({cmat['fp']}; highest scores first)</h3><div class='thumbs'>"
         + "".join(_thumb(p, caption.get(p, Path(p).name), cams.get(p)) for p in fp) + "</div>",
-        "<h3>Random sample</h3><div class='thumbs'>"
+        f"<h3>Sample: {html.escape(drawn)}</h3><div class='thumbs'>"
         + "".join(_thumb(p, caption.get(p, Path(p).name), cams.get(p)) for p in picked["path"]) + "</div>",
         "<h2 id='model-card'>Model card</h2>",
         _table([

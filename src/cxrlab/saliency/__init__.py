@@ -13,9 +13,14 @@ from ..data.images import is_image_file, read_image
 from ..data.preprocess import normalize
 from ..errors import CxrlabError
 from ..inference import RunModel
-from .methods import METHODS, compute_maps, explainable_copy, resolve_layer
+from ..runs import RunDir
+from .methods import METHODS, compute_maps, explainable_copy, layer_name, layer_resolution, resolve_layer
 
-DEFAULT_METHODS = ("gradcam", "gradcam++", "scorecam")
+DEFAULT_METHODS = ("layercam", "gradcam", "gradcam++", "scorecam")  # the lesson compares Grad-CAM++ and Score-CAM
+# one line on what a map can and cannot show: the report and the web page print it beside every map
+MAP_LIMITS = ("A map shows where one layer's evidence for the positive class lies, at that layer's resolution "
+              "(upsampled for display); it is not a segmentation, and a plausible map does not prove that the model "
+              "uses clinically relevant features (see the sanity check).")
 
 
 @dataclass
@@ -26,6 +31,13 @@ class Explanation:
     labels: list[str | None]  # the true class when the run's data knows the image
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # method -> N x S x S in [0, 1]
     original_sizes: list[tuple[int, int]] = field(default_factory=list)
+    layer: str = ""  # the explained layer's name
+    native: tuple[int, int] = (0, 0)  # the maps' resolution at that layer, before upsampling
+
+    @property
+    def resolution(self) -> str:
+        """What a map can show: e.g. "features.10: 16 x 16, upsampled to 128 px"."""
+        return f"{self.layer}: {self.native[0]} x {self.native[1]}, upsampled to {self.images.shape[-1]} px"
 
 
 def expand_paths(items) -> list[str]:
@@ -40,6 +52,28 @@ def expand_paths(items) -> list[str]:
     if not out:
         raise CxrlabError("no images to explain")
     return out
+
+
+def representative_images(run_dir, n: int = 8, seed: int = 0) -> tuple[list[str], str]:
+    """Test images to explain, drawn so that they represent the test set: one image per patient
+    (seeded), positives first (up to half of `n`, more when there are too few negatives), then
+    negatives, patients in a seeded random order. Returns the paths and a sentence saying how they
+    were drawn. Never a training image: maps of images the model learned are flattering."""
+    run = RunDir(run_dir)
+    positive, negative = run.task_names()
+    split = run.read_split()
+    test = split[split["split"] == "test"]
+    if test.empty:
+        raise CxrlabError(f"{run_dir}: its split has no test images to explain; give images to explain")
+    rng = np.random.default_rng(seed)
+    one_each = test.groupby("patient", sort=True).sample(1, random_state=int(rng.integers(2**31)))
+    pos = one_each[one_each["y"] == 1].sample(frac=1, random_state=int(rng.integers(2**31)))
+    neg = one_each[one_each["y"] == 0].sample(frac=1, random_state=int(rng.integers(2**31)))
+    k_pos = min(len(pos), max(n - len(neg), (n + 1) // 2))
+    picked = pd.concat([pos.head(k_pos), neg.head(n - k_pos)])
+    how = (f"{len(picked)} test images of {len(picked)} patients (one image each, seed {seed}): "
+           f"{min(k_pos, len(picked))} {positive}, then {len(picked) - min(k_pos, len(picked))} {negative}")
+    return picked["path"].tolist(), how
 
 
 def _known_labels(model: RunModel) -> dict[str, str]:
@@ -65,6 +99,7 @@ def explain(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | None =
     paths = expand_paths(images)
     pixels, sizes = load_images(paths, spec.image_size)
     layer = resolve_layer(model, target_layer)
+    native = layer_resolution(model, layer, spec)
     known = _known_labels(run_model)
     maps: dict[str, list] = {m: [] for m in methods}
     for start in range(0, len(paths), batch_size):
@@ -75,7 +110,7 @@ def explain(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | None =
     # the probability `cxrlab predict` gives (test-time views, calibration), not a second opinion
     probs = run_model.predict_proba(pixels)
     return Explanation(paths, pixels, probs, [known.get(str(Path(p).resolve())) for p in paths],
-                       {m: np.concatenate(v) for m, v in maps.items()}, sizes)
+                       {m: np.concatenate(v) for m, v in maps.items()}, sizes, layer_name(model, layer), native)
 
 
 def save_explanation(exp: Explanation, out: str | Path, positive: str) -> list[Path]:
@@ -101,15 +136,17 @@ def save_explanation(exp: Explanation, out: str | Path, positive: str) -> list[P
     return written
 
 
-def sanity_check(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | None = None,
+def sanity_check(run_dir, images=None, methods=DEFAULT_METHODS, target_layer: str | None = None,
                  out: str | Path | None = None, max_images: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Cascading model-parameter randomisation for each method; table and verdicts (and figure)."""
+    """Cascading model-parameter randomisation for each method; per-step table and per-method verdicts
+    (and figure). Without images: `representative_images` of the run's test split."""
     from .figures import sanity_figure
     from .sanity import cascading_randomization, verdicts
 
     run_model = RunModel(run_dir, device="cpu")
     model, spec = run_model.model, run_model.spec
-    pixels, _ = load_images(expand_paths(images)[:max_images], spec.image_size)
+    paths = expand_paths(images)[:max_images] if images else representative_images(run_dir, max_images)[0]
+    pixels, _ = load_images(paths, spec.image_size)
     batch = normalize(torch.from_numpy(pixels).unsqueeze(1), spec.normalization, spec.in_chans).contiguous()
     table = cascading_randomization(model.float(), batch, {m: m for m in methods}, target_layer)
     verdict = verdicts(table)
@@ -137,11 +174,20 @@ def data_randomization(run_dir, shuffled_run_dir, images, methods=DEFAULT_METHOD
 
 
 def localisation(run_dir, boxes_csv, images_dir, methods=DEFAULT_METHODS, target_layer: str | None = None,
-                 faithfulness: bool = False) -> dict:
-    """Pointing game and T(IoBB) accuracy per method over the images that have a box."""
-    from .localize import localisation_scores, read_boxes, road_scores, scale_box
+                 faithfulness: bool = False, boxes_space: int | None = None, finding: str | None = None) -> dict:
+    """Pointing game (with its 95% Wilson interval and chance level) and T(IoBB) accuracy per method,
+    over the images with a box of the run's positive finding (or `finding`; NIH's `Infiltrate` is
+    `Infiltration`). `boxes_space`: the square size the boxes were drawn on (NIH's BBox_List_2017:
+    1024); by default each image's own size, and a box outside its image is an error."""
+    from .localize import finding_key, localisation_scores, read_boxes, road_scores, scale_box
 
     boxes = read_boxes(boxes_csv)
+    wanted = finding_key(finding or RunDir(run_dir).task_names()[0])
+    kept = boxes[boxes["Finding Label"].map(finding_key) == wanted]
+    if kept.empty:
+        raise CxrlabError(f"{boxes_csv}: no boxes of {wanted!r}; its findings: "
+                          f"{', '.join(sorted(set(boxes['Finding Label'])))}. Pass --finding to choose one.")
+    boxes = kept
     images_dir = Path(images_dir)
     if images_dir.is_file():  # a run's source may be its labels CSV: the images lie below its folder
         images_dir = images_dir.parent
@@ -152,8 +198,15 @@ def localisation(run_dir, boxes_csv, images_dir, methods=DEFAULT_METHODS, target
     paths = [str(index[n]) for n in boxes["Image Index"]]
     exp = explain(run_dir, paths, methods, target_layer)
     size = exp.images.shape[1]
-    scaled = [scale_box(tuple(r[["x", "y", "w", "h"]]), exp.original_sizes[i], size)
-              for i, (_, r) in enumerate(boxes.iterrows())]
+    scaled = []
+    for i, (_, r) in enumerate(boxes.iterrows()):
+        drawn_on = (boxes_space, boxes_space) if boxes_space else exp.original_sizes[i]
+        x, y, w, h = (float(v) for v in r[["x", "y", "w", "h"]])
+        if x + w > drawn_on[0] * 1.01 or y + h > drawn_on[1] * 1.01:
+            raise CxrlabError(f"{boxes_csv}: the box of {r['Image Index']} reaches ({x + w:.0f}, {y + h:.0f}), "
+                              f"outside the {drawn_on[0]} x {drawn_on[1]} px it is read against: its coordinates are "
+                              "in another image size (NIH's are 1024 x 1024); pass --boxes-space with that size")
+        scaled.append(scale_box((x, y, w, h), drawn_on, size))
     result = {m: localisation_scores(exp.maps[m], scaled) for m in methods}
     if faithfulness:
         run_model = RunModel(run_dir, device="cpu")

@@ -45,18 +45,26 @@ def overlay_grid(images: np.ndarray, maps: dict[str, np.ndarray], titles: list[s
 
 
 def sanity_figure(table, path: Path) -> Path:
-    """Spearman and SSIM against the number of layers randomised (top down), one line per method."""
-    fig = Figure(figsize=(11, 3.8))
-    axes = fig.subplots(1, 2)
-    for ax, col in zip(axes, ("spearman", "ssim")):
+    """Spearman, SSIM and HOG correlation against the number of layers randomised (top down), one line
+    per method, over their whole range (-1 to 1); degenerate steps (the model no longer responds to its
+    input) shaded and left unconnected."""
+    fig = Figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3)
+    degenerate = table.groupby("step")["verdict"].agg(lambda v: (v == "degenerate").all())
+    for ax, col in zip(axes, ("spearman", "ssim", "hog")):
+        for step in degenerate[degenerate].index:
+            ax.axvspan(step - 0.5, step + 0.5, color="0.85", lw=0)
         for method, rows in table.groupby("method"):
-            ax.plot(rows["step"], rows[col], marker="o", label=method)
+            ax.plot(rows["step"], rows[col].where(rows["verdict"] != "degenerate"), marker="o", label=method)
         ax.set_xticks(table["step"].unique())
         ax.set_xticklabels(table.drop_duplicates("step")["randomised_down_to"], rotation=60, fontsize=7)
-        ax.set(ylabel=col, ylim=(-0.2, 1.05), title=f"{col} with the trained model's maps")
+        ax.set(ylabel=col, ylim=(-1.05, 1.05), title=f"{col} with the trained model's maps")
         ax.axhline(0, color="grey", lw=0.6)
+        if col == "spearman":
+            ax.axhline(0.5, color="red", lw=0.8, ls="--", label="fail line (0.5)")
         ax.legend(fontsize=8)
-    fig.suptitle("Cascading model-parameter randomisation (top layer first)")
+    fig.suptitle("Cascading model-parameter randomisation (top layer first; grey: the model no longer responds "
+                 "to its input)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     return path

@@ -11,6 +11,23 @@ from scipy import ndimage
 from ..errors import DataError
 
 IOBB_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
+# NIH's BBox_List_2017.csv spells some findings otherwise than Data_Entry_2017.csv does
+FINDING_ALIASES = {"infiltrate": "infiltration"}
+
+
+def finding_key(name: str) -> str:
+    key = str(name).strip().casefold()
+    return FINDING_ALIASES.get(key, key)
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion: honest at small n, where the normal one is not."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
 def read_boxes(path: str | Path) -> pd.DataFrame:
@@ -34,7 +51,8 @@ def read_boxes(path: str | Path) -> pd.DataFrame:
 
 
 def scale_box(box, original: tuple[int, int], size: int) -> tuple[float, float, float, float]:
-    """A box in original (width, height) pixels -> the same box on a size x size map."""
+    """A box in original (width, height) pixels -> the same box on a size x size map. `original` is
+    the size of the image the boxes were drawn on (NIH's: 1024 x 1024)."""
     sx, sy = size / original[0], size / original[1]
     x, y, w, h = box
     return x * sx, y * sy, w * sx, h * sy
@@ -73,8 +91,9 @@ def localisation_scores(cams: np.ndarray, boxes: list) -> dict:
     chance level of the pointing game (the mean box area fraction)."""
     hits = [pointing_hit(c, b) for c, b in zip(cams, boxes)]
     ious = [iobb(heatmap_box(c), b) for c, b in zip(cams, boxes)]
-    area = [b[2] * b[3] / c.size for c, b in zip(cams, boxes)]
+    area = [min(b[2] * b[3], c.size) / c.size for c, b in zip(cams, boxes)]
     return {"images": len(boxes), "pointing_game": float(np.mean(hits)) if hits else float("nan"),
+            "pointing_ci95": list(wilson_interval(int(np.sum(hits)), len(hits))),
             "pointing_chance": float(np.mean(area)) if area else float("nan"),
             "iobb_accuracy": {str(t): float(np.mean([v >= t for v in ious])) if ious else float("nan")
                               for t in IOBB_THRESHOLDS}}

@@ -18,6 +18,7 @@ from torch import nn
 from ..accel import plain
 from ..errors import ConfigError
 from ..models.registry import TimmClassifier
+from ..models.seed_cnn import SeedCNN
 
 from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, GradCAM, GradCAMElementWise,
                               GradCAMPlusPlus, HiResCAM, LayerCAM, RandomCAM, XGradCAM)
@@ -75,16 +76,62 @@ class PositiveLogit:
         return model_output.reshape(-1)[0] if model_output.dim() <= 1 else model_output[..., 0]
 
 
+def linear_head(model: nn.Module) -> bool:
+    """Is the model's head linear after global pooling (only Flatten, Dropout and one Linear)? Zhou et
+    al.'s CAM is defined only then: its weights are the head's. seed-cnn's head (Dense 128, Dense 32)
+    and cxrlab's timm head (Dense 256) are not."""
+    head = getattr(model, "head", None)
+    if head is None:
+        return False
+    layers = [m for m in head.modules() if not list(m.children())]
+    return (sum(isinstance(m, nn.Linear) for m in layers) == 1
+            and all(isinstance(m, (nn.Linear, nn.Flatten, nn.Dropout, nn.Identity)) for m in layers))
+
+
+# The single map cxrlab shows by default (report, web page, predict --heatmaps), and the seed CNNs'
+# default layer: the output of their 5th conv block (stride 32: 8 x 8 at 256 px). Chosen by
+# benchmarks/localisation.py (BENCHMARKS.md, session 9) on NIH's radiologist boxes (35 Pneumonia boxes)
+# with two seed-cnn-bn Pneumonia runs: LayerCAM there had the best pointing game of every layer and
+# method, 0.200 [95% CI 0.100, 0.359] and 0.086 [0.030, 0.224] against chance 0.073, so above chance
+# with a CI that excludes it in one run of two only; the last block (4 x 4, the old default) scored
+# 0.029-0.057 with every method. On the demo's synthetic boxes this layer scores 0.394 [0.321, 0.471]
+# against chance 0.039. Small samples: read the maps as hints, not as localisation.
+DEFAULT_MAP_METHOD = "layercam"
+SEED_CNN_MAP_BLOCK = 5
+
+
 def default_target_layer(model: nn.Module) -> nn.Module:
-    """The last convolutional block: seed-cnn's last ReLU, or a timm backbone's last feature stage."""
+    """The layer maps come from by default: the seed CNNs' 5th conv block (see above), else the last
+    convolutional block (a timm backbone's last feature stage: not measured against boxes here)."""
     if isinstance(model, TimmClassifier):
         info = getattr(model.backbone, "feature_info", None)
         if info is not None:
             return model.backbone.get_submodule(info[-1]["module"])
-    layers = [m for m in getattr(model, "features", model).modules() if isinstance(m, (nn.ReLU, nn.Conv2d))]
+    features = getattr(model, "features", model)
+    if isinstance(model, SeedCNN):
+        blocks = [m for m in features if isinstance(m, nn.ReLU)]
+        if len(blocks) >= SEED_CNN_MAP_BLOCK:
+            return blocks[SEED_CNN_MAP_BLOCK - 1]
+    layers = [m for m in features.modules() if isinstance(m, (nn.ReLU, nn.Conv2d))]
     if not layers:
         raise ConfigError("cannot find a convolutional layer to explain; pass --target-layer")
     return layers[-1]
+
+
+def layer_name(model: nn.Module, layer: nn.Module) -> str:
+    return next((n for n, m in model.named_modules() if m is layer), type(layer).__name__)
+
+
+def layer_resolution(model: nn.Module, layer: nn.Module, spec) -> tuple[int, int]:
+    """The (height, width) of `layer`'s output for the model's input size: a map has no finer detail."""
+    seen = []
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[-2:])))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, spec.in_chans, spec.image_size, spec.image_size))
+    finally:
+        handle.remove()
+    return seen[0] if seen else (0, 0)
 
 
 def resolve_layer(model: nn.Module, name: str | None) -> nn.Module:
@@ -113,6 +160,9 @@ def compute_maps(model: nn.Module, batch: torch.Tensor, method: str, target_laye
     its hooks are always removed."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method == "cam" and not linear_head(model):
+        raise ConfigError("cam (Zhou et al.) needs a linear head after global pooling; this model's head is an MLP, "
+                          "where CAM is not defined. Use gradcam: Grad-CAM is CAM's generalisation to any head")
     cls = METHODS[method]
     with _gradients_start_at(model, target_layer), cls(model=model, target_layers=[target_layer]) as cam:
         cam.batch_size = batch_size  # Score-CAM and Ablation-CAM score their masked inputs in batches

@@ -24,7 +24,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import CxrlabError
-from ..saliency.methods import METHODS
+from ..saliency import MAP_LIMITS
+from ..saliency.methods import DEFAULT_MAP_METHOD, METHODS
 from .batcher import MicroBatcher
 from .predictor import Predictor, heatmap_png
 
@@ -188,11 +189,12 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
 
     @app.get("/api/model")
     def model_card():
-        return {**predictor.card, "methods": list(METHODS), "quiz_images": len(quiz), "quiz_majority": majority}
+        return {**predictor.card, "methods": list(METHODS), "default_method": DEFAULT_MAP_METHOD, "quiz_images": len(quiz),
+                "quiz_majority": majority}
 
     @app.post("/api/predict")
     async def predict(file: UploadFile = File(...), heatmap: bool = Query(False),
-                      method: str = Query("gradcam")):
+                      method: str = Query(DEFAULT_MAP_METHOD)):
         data = await file.read(limit + 1)
         if len(data) > limit:
             raise ApiError(413, f"upload larger than {max_upload_mb:g} MB")
@@ -212,6 +214,8 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
         if result.heatmap is not None:
             body["heatmap_png"] = base64.b64encode(await run_in_threadpool(heatmap_png, result.heatmap)).decode()
             body["method"] = method
+            body["heatmap_resolution"] = predictor.heatmap_resolution  # what the map can show
+            body["heatmap_note"] = MAP_LIMITS
         return body
 
     @app.get("/api/quiz/next")

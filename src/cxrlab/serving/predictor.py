@@ -13,6 +13,7 @@ import torch
 from ..data.preprocess import normalize
 from ..errors import ImageReadError
 from ..inference import RunModel
+from ..saliency.methods import DEFAULT_MAP_METHOD
 
 
 @dataclass
@@ -32,16 +33,19 @@ class Predictor(RunModel):
     `predict`, the server and the quiz agree with `evaluate`. backend: "torch", "onnxruntime" (CPU),
     or "auto" (ONNX Runtime when the model exports, else PyTorch)."""
 
-    def heatmap(self, pixels: np.ndarray, method: str = "gradcam") -> np.ndarray:
+    def heatmap(self, pixels: np.ndarray, method: str = DEFAULT_MAP_METHOD) -> np.ndarray:
         return self.heatmaps(pixels[None], method)[0]
 
-    def heatmaps(self, pixels: np.ndarray, method: str = "gradcam") -> np.ndarray:
+    def heatmaps(self, pixels: np.ndarray, method: str = DEFAULT_MAP_METHOD) -> np.ndarray:
         """N x S x S uint8 -> N x S x S maps in [0, 1], one backward pass for the batch."""
-        from ..saliency.methods import compute_maps, default_target_layer, explainable_copy
+        from ..saliency.methods import compute_maps, default_target_layer, explainable_copy, layer_name, layer_resolution
 
         if not hasattr(self, "_explain_model"):
             self._explain_model = explainable_copy(self.model).float().cpu()
             self._layer = default_target_layer(self._explain_model)
+            h, w = layer_resolution(self._explain_model, self._layer, self.spec)
+            self.heatmap_resolution = (f"{layer_name(self._explain_model, self._layer)}: {h} x {w}, "
+                                       f"upsampled to {self.spec.image_size} px")
         batch = normalize(torch.from_numpy(np.array(pixels)).unsqueeze(1), self.spec.normalization, self.spec.in_chans)
         return compute_maps(self._explain_model, batch.contiguous(), method, self._layer)
 
