@@ -22,13 +22,13 @@ from pathlib import Path
 
 import yaml
 
+from cxrlab.allocator import keep_freed_memory
 from cxrlab.config import RECIPES as NAMED_RECIPES
 from cxrlab.config import DataConfig, TrainConfig, with_overrides
 from cxrlab.evaluation import binary_metrics, bootstrap_ci
 from cxrlab.inference import RunModel, run_tta
 from cxrlab.inference.thresholds import choose_threshold
 from cxrlab.training import train
-from cxrlab.allocator import keep_freed_memory
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASKS = {

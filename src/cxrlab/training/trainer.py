@@ -28,8 +28,8 @@ from ..checkpoint import atomic_torch_save, load_checkpoint, load_state_dict, sa
 from ..config import TrainConfig, load_yaml, save_yaml
 from ..data import LoadedData, load_data, save_split
 from ..data.dataset import make_collate
-from ..errors import CxrlabError
 from ..device import autocast, select_device
+from ..errors import CxrlabError
 from ..models import count_parameters, create_model, model_spec
 from ..models.registry import backbone_of, check_input_size
 from ..models.transfer import freeze_bn_stats, set_trainable_blocks
@@ -545,7 +545,7 @@ def load_run(out: str | Path) -> Run:
     """A Run from what a finished run directory holds."""
     run = RunDir(out)
     info = run.read_info()
-    return Run(run, load_yaml(TrainConfig, run.config), pd.read_csv(run.history), info["best_epoch"],
+    return Run(run, run.read_config(), run.read_history(), info["best_epoch"],
                info["stopped_early"], info)
 
 
