@@ -500,7 +500,7 @@ def demo(out: Path = typer.Option(Path("cxrlab-demo"), help="Folder for the synt
                   f"{run.info['train_seconds']:.1f}s; best epoch {run.best_epoch}, "
                   f"val AUC {run.history['val_auc'].iloc[run.best_epoch - 1]:.3f}; run: {run.dir.path}")
     _print_metrics(result["metrics"], run.dir.path)
-    console.print(f"heatmaps (CAM, Grad-CAM, Grad-CAM++, Score-CAM): {result['explain_dir']}/")
+    console.print(f"heatmaps (LayerCAM, Grad-CAM, Grad-CAM++, Score-CAM; test images, one per patient): {result['explain_dir']}/")
     console.print(f"[bold]report:[/] {result['report']}")
 
 
