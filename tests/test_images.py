@@ -117,3 +117,56 @@ def test_decompression_bomb_is_refused(tmp_path):
     Image.new("1", (20000, 20000)).save(path)  # tiny file, 400 megapixels declared
     with pytest.raises(ImageReadError, match="too large"):
         read_image(str(path))
+
+
+def test_presentation_lut_inverse_inverts_and_cancels_monochrome1(tmp_path):
+    plain, _ = read_image(str(write_dicom(tmp_path / "a.dcm", gradient())))
+    inverse, _ = read_image(str(write_dicom(tmp_path / "b.dcm", gradient(), PresentationLUTShape="INVERSE")))
+    both, _ = read_image(str(write_dicom(tmp_path / "c.dcm", gradient(), "MONOCHROME1", PresentationLUTShape="INVERSE")))
+    assert np.array_equal(inverse, 255 - plain) and np.array_equal(both, plain)
+
+
+def _pydicom_file(name):
+    from pydicom.data import get_testdata_file
+
+    return get_testdata_file(name)
+
+
+@pytest.mark.parametrize("name", ["JPGExtended.dcm", "JPEG2000.dcm", "MR_small_jp2klossless.dcm",
+                                  "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_dcmtk.dcm",
+                                  "CT_small.dcm"])
+def test_compressed_dicom_files_nobody_here_wrote_decode(name):
+    """pydicom's own test files, in compressed transfer syntaxes: decoded by the declared pylibjpeg plugins."""
+    import pydicom
+
+    arr, info = read_image(_pydicom_file(name), 64)
+    assert arr.shape == (64, 64) and arr.dtype == np.uint8 and arr.max() > arr.min()
+    ds = pydicom.dcmread(_pydicom_file(name), stop_before_pixels=True)
+    assert (info.width, info.height) == (ds.Columns, ds.Rows)
+
+
+@pytest.mark.parametrize("name, reason", [("reportsi.dcm", "DICOM file without pixel data \\(Basic Text SR"),
+                                          ("rtplan.dcm", "DICOM file without pixel data \\(RT Plan"),
+                                          ("SC_rgb_rle_2frame.dcm", "multi-frame DICOM \\(2 frames\\)"),
+                                          ("rtdose.dcm", "multi-frame DICOM")])
+def test_non_image_and_multi_frame_dicom_are_refused_by_name(name, reason):
+    with pytest.raises(ImageReadError, match=f"{name}: a {reason}"):
+        read_image(_pydicom_file(name), 64)
+
+
+def test_every_pydicom_test_file_decodes_or_is_refused_with_a_reason():
+    """No DICOM file, however broken, gets past the reader as anything but pixels or an ImageReadError."""
+    import glob
+    import os
+
+    folder = os.path.dirname(_pydicom_file("CT_small.dcm"))
+    outcomes = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.dcm"))):
+        try:
+            arr, _ = read_image(path, 32)
+            assert arr.shape == (32, 32) and arr.dtype == np.uint8
+            outcomes[os.path.basename(path)] = "decoded"
+        except ImageReadError as exc:
+            assert exc.path == path and exc.reason
+            outcomes[os.path.basename(path)] = exc.reason
+    assert sum(v == "decoded" for v in outcomes.values()) >= 40, outcomes

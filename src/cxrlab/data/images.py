@@ -89,22 +89,34 @@ def _decode_pil(data: bytes, size: int | None) -> tuple[np.ndarray, int, int, st
     return arr, width, height, mode
 
 
-def _decode_dicom(data: bytes) -> tuple[np.ndarray, int, int, str]:
-    """Rescale slope/intercept, VOI LUT or window when present, MONOCHROME1 inverted."""
+PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def _decode_dicom(data: bytes, name: str) -> tuple[np.ndarray, int, int, str]:
+    """Rescale slope/intercept, VOI LUT or window when present; MONOCHROME1 and a Presentation LUT
+    Shape of INVERSE each invert (both: they cancel). Compressed transfer syntaxes decode through
+    pylibjpeg's plugins. A file without pixel data (a structured report, an RT plan, a presentation
+    state) and a multi-frame file are refused: one file, one X-ray."""
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     ds = pydicom.dcmread(io.BytesIO(data))
+    if not any(tag in ds for tag in PIXEL_TAGS):
+        kind = getattr(getattr(ds, "SOPClassUID", None), "name", None) or f"Modality {ds.get('Modality', 'unknown')}"
+        raise ImageReadError(name, f"a DICOM file without pixel data ({kind}): not an image cxrlab can read")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageReadError(name, f"a multi-frame DICOM ({frames} frames): cxrlab reads one X-ray per file; "
+                                   "save the frame you want as its own file")
     arr = ds.pixel_array
-    if arr.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
-        arr = arr[0]  # multi-frame: the first frame
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
     if photometric.startswith("MONOCHROME"):
         arr = apply_modality_lut(arr, ds)
         if "VOILUTSequence" in ds or "WindowCenter" in ds:
             arr = apply_voi_lut(arr, ds)
         arr = to_uint8(np.asarray(arr))
-        if photometric == "MONOCHROME1":
+        inverse = str(ds.get("PresentationLUTShape", "IDENTITY")).upper() == "INVERSE"
+        if (photometric == "MONOCHROME1") != inverse:
             arr = 255 - arr
     else:
         arr = to_uint8(_gray(np.asarray(arr)))
@@ -169,7 +181,7 @@ def decode_image(data: bytes, name: str, size: int | None = None) -> tuple[np.nd
             raise ValueError("the file is empty (0 bytes)")
         sha = hashlib.sha1(data).hexdigest()
         is_dicom = Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM"
-        arr, w, h, mode = _decode_dicom(data) if is_dicom else _decode_pil(data, size)
+        arr, w, h, mode = _decode_dicom(data, name) if is_dicom else _decode_pil(data, size)
     return _finish(arr, name, size), ImageInfo(w, h, mode, sha)
 
 
