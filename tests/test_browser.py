@@ -66,6 +66,23 @@ def test_upload_shows_probability_and_heatmap(server, page, lesson_run):
     page.screenshot(path=str(ARTIFACTS / "predict.png"), full_page=True)
 
 
+def test_a_failed_upload_clears_the_previous_image_and_heatmap(server, page, lesson_run, tmp_path):
+    split = pd.read_csv(lesson_run / "split.csv")
+    page.goto(server + "/")
+    page.wait_for_selector("#card dt")
+    assert page.eval_on_selector("#method", "e => e.value") == "layercam"  # the server's default map
+    page.set_input_files("#file", split.loc[split["split"] == "test", "path"].iloc[0])
+    page.wait_for_function("document.getElementById('heat').src.startsWith('data:image/png;base64,')")
+    assert "upsampled to" in page.inner_text("#mapnote")  # the map says what it can show
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    page.set_input_files("#file", str(bad))
+    page.wait_for_function("document.getElementById('error').textContent.length > 0")
+    assert page.eval_on_selector("#heat", "e => e.hasAttribute('src')") is False
+    assert page.eval_on_selector("#xray", "e => e.hasAttribute('src')") is False
+    assert page.is_hidden("#result") and page.inner_text("#mapnote") == ""
+
+
 def test_quiz_three_rounds_keeps_score(server, page):
     page.goto(server + "/quiz")
     for round_ in range(1, 4):
