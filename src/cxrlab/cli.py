@@ -47,7 +47,7 @@ class _Bar:
         if self.task is None:
             self.task = self.progress.add_task("", total=total)
         self.progress.update(self.task, completed=done)
-        if done >= total and self.live:  # finished: stop redrawing it (training prints below it for minutes)
+        if done >= total:  # finished: stop redrawing it (training prints below it for minutes)
             self.progress.stop()
             self.live = False
 

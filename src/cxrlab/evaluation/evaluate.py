@@ -31,6 +31,7 @@ def _json_safe(obj):
 
 
 def evaluation_point(model: RunModel, own, policy: str | None, calibrate: bool) -> tuple[OperatingPoint, bool]:
+    # `own`: the run's loaded data, or None to load it only when a point has to be chosen
     """The operating point this evaluation applies, and whether it is the run's stored one. Without a
     policy or calibration asked for, the stored point, when it was chosen on scores made like these
     (the same views); otherwise one chosen on validation for this evaluation only, with the stored
@@ -57,7 +58,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
         raise CxrlabError(f"--split must be test, val or all, got {split!r}")
     model = RunModel(run, tta=tta)
     cfg = model.config
-    own = model.own_data()
+    own = model.own_data() if data is None else None  # with --data, loaded only if a point must be chosen
     point, stored = evaluation_point(model, own, policy, calibrate)
     model.use_point(point)
     if data is not None:

@@ -17,7 +17,7 @@ from ..data.images import read_image
 from ..errors import CxrlabError
 from ..config import to_dict
 from ..runs import MODEL_CARD, RunDir
-from ..saliency import MAP_LIMITS
+from ..saliency import MAP_LIMITS, representative_images
 from ..saliency.methods import DEFAULT_MAP_METHOD
 from ..saliency.figures import blend
 
@@ -108,10 +108,9 @@ def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap
     fp = m["false_positive_files"][:top]
     preds = pd.read_csv(eval_dir / "predictions.csv")
     if split == "test" and len(preds):  # test images only, one per patient, positives first (saliency)
-        from ..saliency import representative_images
-
         paths, drawn = representative_images(run, sample, seed)
-        picked = preds.set_index("path").loc[[p for p in paths if p in set(preds["path"])]].reset_index()
+        scored = set(preds["path"])
+        picked = preds.set_index("path").loc[[p for p in paths if p in scored]].reset_index()
     else:
         picked = preds.sample(min(sample, len(preds)), random_state=seed) if len(preds) else preds
         drawn = f"{len(picked)} images drawn at random (seed {seed})"

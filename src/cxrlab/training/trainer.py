@@ -469,7 +469,6 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
     loop.run(ckpt)
     if not ctx.main:
         return None
-    load_state_dict(run.best_weights)  # what every later command loads: readable, or a clear error now
     hist = pd.DataFrame(loop.state.history, columns=HISTORY_COLUMNS)
     from .curves import plot_learning_curves
 
@@ -505,10 +504,11 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
 def store_default_point(run: RunDir, data: LoadedData) -> str:
     """A fresh run scores like an evaluated one: the default operating point, chosen on validation
     scores made as predict and serve make them (`cxrlab threshold` chooses another). Returns what
-    was stored, or why nothing was (one class in validation)."""
+    was stored, or why nothing was (one class in validation). Loading the run here also proves its
+    best weights readable: a damaged file is a clear error now, not in every later command."""
     from ..inference import RunModel
 
-    model = RunModel(run)
+    model = RunModel(run)  # outside the try: unreadable weights must fail the training run
     try:
         point = model.choose_point(data=data)
     except CxrlabError as exc:
