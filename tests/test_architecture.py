@@ -1,5 +1,5 @@
 """The dependency direction, frozen: errors/config -> data -> models -> device -> inference ->
-{training, evaluation, saliency} -> report -> serving -> cli. Every import of cxrlab's own modules,
+{training, evaluation, saliency} -> {report, tuning} -> serving -> cli. Every import of cxrlab's own modules,
 lazy ones inside functions included, must point down this order (or within its own part), and no
 two modules may import each other, directly or around a cycle."""
 
@@ -19,7 +19,7 @@ LAYERS = {
     "device": 3,
     "inference": 4,
     "training": 5, "evaluation": 5, "saliency": 5,
-    "report": 6,
+    "report": 6, "tuning": 6,
     "serving": 7, "demo": 7,
     "cli": 8, "__main__": 8.1, "__init__": 8.1,
 }

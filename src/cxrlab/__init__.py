@@ -4,6 +4,7 @@
     data = cxrlab.load_data("chest_xrays", positive="effusion")
     run = cxrlab.train(cxrlab.TrainConfig(source="chest_xrays", positive="effusion"), "runs/effusion")
     metrics = cxrlab.evaluate("runs/effusion")
+    search = cxrlab.tune("chest_xrays", positive="effusion", space="default", trials=24, out="tune/effusion")
     maps = cxrlab.explain("runs/effusion", ["chest_xrays/effusion/00000013_005.png"], ["gradcam"]).maps
 """
 
@@ -17,7 +18,7 @@ _EXPORTS = {
     "load_data": ".data", "LoadedData": ".data", "DataConfig": ".config", "AugmentConfig": ".config",
     "train": ".training", "TrainConfig": ".config", "Run": ".training", "evaluate": ".evaluation.evaluate",
     "explain": ".saliency", "CxrlabError": ".errors", "DataError": ".errors", "ImageReadError": ".errors",
-    "ConfigError": ".errors",
+    "ConfigError": ".errors", "tune": ".tuning", "TuneResult": ".tuning",
 }
 __all__ = list(_EXPORTS)
 

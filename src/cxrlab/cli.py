@@ -489,6 +489,84 @@ def serve(run: Path = typer.Argument(..., help="A run directory."),
 
 
 @app.command()
+def tune(
+    data: Path = typer.Argument(..., help="Training data (any layout `data summary` reads)."),
+    out: Path = typer.Option(..., help="Search folder: trials/NNNN run directories, trials.csv, best.yaml, summary.html."),
+    positive: Optional[str] = typer.Option(None, help="Positive label, e.g. Effusion."),
+    negative: Optional[List[str]] = typer.Option(None, help="Negative label(s); default: normal / No Finding."),
+    space: str = typer.Option("default", help="A search space YAML file, or a preset: default, lesson-grid."),
+    trials: int = typer.Option(20, help="Finished trials (complete or pruned) the study ends with."),
+    sampler: str = typer.Option("tpe", help="tpe, random, or grid (every combination of the space's lists)."),
+    pruner: str = typer.Option("median", help="median, hyperband or none: stop poor trials early."),
+    metric: str = typer.Option("val_auc", help="val_auc or val_loss (validation only; test is scored once, at the end)."),
+    workers: int = typer.Option(1, help="Trial processes on this machine; they share its cores."),
+    storage: Optional[str] = typer.Option(None, help="Where the study lives: journal:PATH (a shared file system) or "
+                                          "postgresql://user:pass@host/db (several machines). Default: DIR/study.journal."),
+    study: Optional[str] = typer.Option(None, help="Study name (default: the --out folder's name); the same name "
+                                        "and storage on another machine joins the study."),
+    timeout: Optional[float] = typer.Option(None, help="No new trial starts after this many seconds."),
+    config: Optional[Path] = typer.Option(None, help="A config.yaml every trial starts from (default: cxrlab's default recipe)."),
+    recipe: Optional[str] = typer.Option(None, help="Start every trial from a named recipe: default or lesson."),
+    images: Optional[Path] = typer.Option(None, help="Images folder for a CSV."),
+    epochs: Optional[int] = typer.Option(None, help="At most this many epochs per trial."),
+    image_size: Optional[int] = typer.Option(None),
+    seed: int = typer.Option(0, help="Seed of the sampler (each worker derives its own)."),
+    heartbeat: int = typer.Option(20, help="Seconds between a running trial's heartbeats; after 3 missed, another "
+                                  "worker fails it and runs it again."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE: change the base recipe, e.g. --set tta=0 "
+                                             "(YAML values; any TrainConfig or DataConfig key)."),
+):
+    """Search hyper-parameters with Optuna: every trial an ordinary run, chosen on validation, the best scored once on test."""
+    import yaml
+
+    from .config import TrainConfig, load_yaml, with_overrides
+    from .tuning import tune as run_search
+
+    if config and recipe:
+        raise CxrlabError("give --config or --recipe, not both: a config file already holds a whole recipe")
+    base = load_yaml(TrainConfig, config) if config else TrainConfig.recipe(recipe or "default")
+    changes = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CxrlabError(f"--set {item!r}: write KEY=VALUE, e.g. --set tta=0")
+        changes[key.strip()] = yaml.safe_load(value)
+    base = with_overrides(base, epochs=epochs, image_size=image_size,
+                          images_dir=str(images) if images else None, **changes)
+    result = run_search(data, positive, negative or None, space, trials, out, base, sampler, pruner, metric, workers,
+                        storage, study, timeout, seed, heartbeat, on_trial=_print_trial, on_note=_print_note)
+    _print_search(result.summary, result.out)
+
+
+def _print_trial(row: dict) -> None:
+    value = "" if row["value"] is None else f"{row['metric']} {row['value']:.4f}"
+    best = f"best {row['best']['value']:.4f} (#{row['best']['number']})" if row["best"] else "best -"
+    params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
+    extra = f"  ({row['error']})" if row["error"] else ""
+    epochs = f"{row['epochs_run']} ep" if row.get("epochs_run") else ""
+    seconds = f"{row['seconds']:.0f}s" if row.get("seconds") is not None else ""
+    console.print(f"trial {row['number']:>3}  {row['state']:<8} {value:<15} {best:<20} {epochs:>5} {seconds:>5}  "
+                  f"{params}{extra}", highlight=False)
+
+
+def _print_search(s: dict, out: Path) -> None:
+    console.print(f"{s['complete']} complete, {s['pruned']} pruned, {s['failed']} failed "
+                  f"(of {s['trials_requested']} requested); study {s['study']!r} in {s['storage']}", highlight=False)
+    if s["best"]:
+        b = s["best"]
+        console.print(f"best trial #{b['number']}: validation {s['metric']} {b['value']:.4f}", highlight=False)
+        if s["test"]:
+            t = s["test"]
+            gap = f"; validation minus test {s['optimism']:+.4f} (the optimism of picking the best on validation)" \
+                if "optimism" in s else ""
+            console.print(f"its test AUC, scored once: {t['auc']:.4f} [95% CI {t['ci95'][0]:.4f}, {t['ci95'][1]:.4f}]{gap}",
+                          highlight=False)
+        else:
+            console.print(f"its test score is made on {b['host']}, which holds {b['run_dir']}", highlight=False)
+    console.print(f"wrote {out / 'trials.csv'}, {out / 'best.yaml'} (cxrlab train --config) and {out / 'summary.html'}")
+
+
+@app.command()
 def demo(out: Path = typer.Option(Path("cxrlab-demo"), help="Folder for the synthetic data and results.")):
     """Make a synthetic chest-X-ray-like data set (offline, deterministic) and run the workflow on it."""
     from .demo import run_demo

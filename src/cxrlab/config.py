@@ -198,6 +198,10 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0 <= float(self.dropout) < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if float(self.weight_decay) < 0:
+            raise ConfigError(f"weight_decay must be 0 or more, got {self.weight_decay}")
         for name in ("early_stopping", "lr_patience"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be 0 (off) or more, got {getattr(self, name)}")
