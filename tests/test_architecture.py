@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cxrlab"
 
 # part of cxrlab -> its layer; parts in one layer are siblings and must not import each other
 LAYERS = {
-    "errors": 0, "allocator": 0, "config": 0.1, "runs": 0.2, "checkpoint": 0.3,  # the base, in its own order
+    "errors": 0, "allocator": 0, "display": 0, "config": 0.1, "runs": 0.2, "checkpoint": 0.3,  # the base, in its own order
     "data": 1,
     "models": 2,
     "accel": 2.5,  # CPU speed-ups applied to the plain models from outside

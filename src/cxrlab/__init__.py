@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 # scikit-learn and matplotlib: importing them all took 16 s on the 2-core machine.
 _EXPORTS = {
     "load_data": ".data", "LoadedData": ".data", "DataConfig": ".config", "AugmentConfig": ".config",
-    "train": ".training", "TrainConfig": ".config", "Run": ".training", "evaluate": ".evaluation.evaluate",
+    "train": ".training", "TrainConfig": ".config", "Run": ".training", "load_run": ".training", "evaluate": ".evaluation.evaluate",
     "explain": ".saliency", "CxrlabError": ".errors", "DataError": ".errors", "ImageReadError": ".errors",
     "ConfigError": ".errors", "tune": ".tuning", "TuneResult": ".tuning",
 }

@@ -37,6 +37,35 @@ class LoadedData:
     skipped: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def counts(self) -> pd.DataFrame:
+        """Images per split and class, with patients per split: what a notebook shows first."""
+        frame = self.frame
+        if self.task is None or "split" not in frame:
+            return frame.groupby("labels").size().rename("images").to_frame()
+        names = {1: self.task.positive, 0: " / ".join(self.task.negatives)}
+        table = pd.crosstab(frame["split"], frame["y"].map(names)).reindex(["train", "val", "test"]).fillna(0)
+        table["patients"] = frame.groupby("split")["patient"].nunique()
+        return table.astype(int)
+
+    def plot(self, per_class: int = 6, seed: int = 0):
+        """A row of random images per class (a matplotlib Figure)."""
+        from .plots import sample_figure
+
+        return sample_figure(self, per_class, seed)
+
+    def _repr_html_(self) -> str:
+        from .. import display
+
+        task = f"{self.task.positive} vs {' / '.join(self.task.negatives)}" if self.task else "no task chosen"
+        counts = self.counts()
+        rows = [[idx, *row] for idx, row in zip(counts.index, counts.to_numpy().tolist())]
+        notes = "".join(f"<p>note: {display.html.escape(n)}</p>" for n in self.notes)
+        return (display.heading(f"{len(self.frame)} images, {self.frame['patient'].nunique()} patients",
+                                f"{self.manifest.root} ({self.manifest.kind}); {task}; "
+                                f"{self.images.shape[-1]} px, cache {self.cache_status}")
+                + display.table(["split", *counts.columns], rows) + notes
+                + display.figure(self.plot(per_class=4), width=520))
+
     def indices(self, split: str) -> np.ndarray:
         return self.frame.loc[self.frame["split"] == split, "row"].to_numpy()
 

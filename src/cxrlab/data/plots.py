@@ -42,6 +42,11 @@ def class_distribution(summary: dict, path: Path) -> Path:
 
 
 def sample_grid(data, path: Path, per_class: int = 6, seed: int = 0) -> Path:
+    """sample_figure, saved to `path`."""
+    return _save(sample_figure(data, per_class, seed), path)
+
+
+def sample_figure(data, per_class: int = 6, seed: int = 0) -> Figure:
     """A row of random images per class (per label when there is no task)."""
     frame = data.frame
     key = frame["y"].map({1: data.task.positive, 0: "/".join(data.task.negatives)}) if data.task else frame["labels"]
@@ -58,7 +63,7 @@ def sample_grid(data, path: Path, per_class: int = 6, seed: int = 0) -> Path:
             if c < len(pick):
                 ax.imshow(data.images[pick[c]], cmap="gray", vmin=0, vmax=255)
         axes[r, 0].set_title(cls, loc="left", fontsize=9)
-    return _save(fig, path)
+    return fig
 
 
 def augmentation_grid(data, path: Path, n: int = 8, seed: int = 0) -> Path:

@@ -112,7 +112,41 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     if "calibration" in metrics:
         plots.reliability_plot(metrics["calibration"], out / "reliability.png")
     (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
-    return metrics
+    return Evaluation(metrics, scored[["path", "patient", "label", "y", "score", "predicted"]], labels)
+
+
+class Evaluation(dict):
+    """The metrics dictionary (also metrics.json), with the scored images (`predictions`: path, patient,
+    label, y, score, predicted) and, in a notebook, a table with CIs and the ROC."""
+
+    def __init__(self, metrics: dict, predictions: pd.DataFrame, labels: list[str]):
+        super().__init__(metrics)
+        self.predictions, self.labels = predictions, labels
+
+    def plot(self):
+        """The ROC curve with its patient-bootstrap band and the operating point (a matplotlib Figure)."""
+        p = self.predictions
+        return plots.roc_figure(p["y"].to_numpy(), p["score"].to_numpy(), p["patient"].to_numpy(), self,
+                                f"ROC ({self['split']})")
+
+    def _repr_html_(self) -> str:
+        from .. import display
+
+        ci, point, cm = self["ci95"], self["operating_point"], self["confusion_matrix"]
+        rows = [["AUC", display.ci(self["auc"], *ci["auc"])],
+                ["sensitivity", display.ci(self["sensitivity"], *ci["sensitivity"])],
+                ["specificity", display.ci(self["specificity"], *ci["specificity"])],
+                ["accuracy (majority-class rate)", f"{self['accuracy']:.3f} ({self['majority_rate']:.3f})"],
+                ["PPV / NPV", f"{self['ppv']:.3f} / {self['npv']:.3f}"]]
+        negative, positive = self.labels
+        confusion = [[f"true {negative}", cm["tn"], cm["fp"]], [f"true {positive}", cm["fn"], cm["tp"]]]
+        return (display.heading(f"{self['split']}: {self['n']} images ({self['positives']} {positive}), "
+                                f"{self['patients']} patients",
+                                f"threshold {self['threshold']:.4g} ({point['policy']}), {self['tta']} test-time views")
+                + "<div style='display:flex;gap:2em;align-items:flex-start'><div>"
+                + display.table(["metric", "value [95% CI, patient bootstrap]"], rows)
+                + display.table(["", f"predicted {negative}", f"predicted {positive}"], confusion, "confusion matrix")
+                + "</div>" + display.figure(self.plot(), width=380) + "</div>")
 
 
 def plain_operating_point(run_dir: str | Path) -> OperatingPoint:

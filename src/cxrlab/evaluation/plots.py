@@ -35,6 +35,11 @@ def roc_band(y, score, patients, n_resamples: int = 200, seed: int = 0):
 
 
 def roc_plot(y, score, patients, metrics: dict, path: Path, title: str = "") -> Path:
+    return _save(roc_figure(y, score, patients, metrics, title), path)
+
+
+def roc_figure(y, score, patients, metrics: dict, title: str = "") -> Figure:
+    """The ROC curve with its patient-bootstrap band and the operating point."""
     fig = Figure(figsize=(4.5, 4.5))
     ax = fig.subplots()
     if len(np.unique(y)) == 2:
@@ -50,7 +55,7 @@ def roc_plot(y, score, patients, metrics: dict, path: Path, title: str = "") -> 
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
     ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title=title or "ROC", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return fig
 
 
 def pr_plot(y, score, path: Path) -> Path:

@@ -34,6 +34,21 @@ class Explanation:
     layer: str = ""  # the explained layer's name
     native: tuple[int, int] = (0, 0)  # the maps' resolution at that layer, before upsampling
 
+    def plot(self, positive: str = "positive", max_images: int = 8):
+        """The images with each method's heatmap beside them (a matplotlib Figure)."""
+        from .figures import overlay_figure
+
+        n = min(len(self.paths), max_images)
+        titles = [f"{Path(p).name}\ntrue: {lab or 'unknown'} | P({positive}) = {pr:.2f}"
+                  for p, lab, pr in zip(self.paths[:n], self.labels[:n], self.probabilities[:n])]
+        return overlay_figure(self.images[:n], {m: v[:n] for m, v in self.maps.items()}, titles)
+
+    def _repr_html_(self) -> str:
+        from .. import display
+
+        return (display.heading(f"{len(self.paths)} images, {', '.join(self.maps)}", self.resolution)
+                + display.figure(self.plot()) + f"<p style='color:#667'>{display.html.escape(MAP_LIMITS)}</p>")
+
     @property
     def resolution(self) -> str:
         """What a map can show: e.g. "features.10: 16 x 16, upsampled to 128 px"."""

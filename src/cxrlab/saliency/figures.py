@@ -22,6 +22,12 @@ def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarra
 
 def overlay_grid(images: np.ndarray, maps: dict[str, np.ndarray], titles: list[str], path: Path,
                  alpha: float = 0.45) -> Path:
+    """overlay_figure, saved to `path`."""
+    overlay_figure(images, maps, titles, alpha).savefig(path, dpi=90)
+    return path
+
+
+def overlay_figure(images: np.ndarray, maps: dict[str, np.ndarray], titles: list[str], alpha: float = 0.45) -> Figure:
     """Rows: images; columns: the X-ray, then one heatmap per method; one shared colour bar (every
     map is scaled to 0..1). Blending in numpy and a fixed layout make it 2.7x faster than layered
     imshow with a colour bar per panel and tight_layout (1.7 s against 4.5 s for 4 x 5 panels)."""
@@ -40,8 +46,7 @@ def overlay_grid(images: np.ndarray, maps: dict[str, np.ndarray], titles: list[s
     fig.subplots_adjust(left=0.01, right=0.92, bottom=0.02, top=1 - 0.55 / (3.0 * n), wspace=0.04, hspace=0.25)
     fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), cax=fig.add_axes([0.935, 0.15, 0.015, 0.7]),
                  label="saliency (scaled per map)")
-    fig.savefig(path, dpi=90)
-    return path
+    return fig
 
 
 def sanity_figure(table, path: Path) -> Path:

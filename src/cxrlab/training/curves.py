@@ -11,6 +11,12 @@ import pandas as pd
 
 
 def plot_learning_curves(history: pd.DataFrame, path: str | Path) -> Path:
+    learning_curves_figure(history).savefig(path, dpi=100)
+    return Path(path)
+
+
+def learning_curves_figure(history: pd.DataFrame) -> Figure:
+    """Loss, accuracy and AUC per epoch, training and validation."""
     fig = Figure(figsize=(12, 3.2))
     axes = fig.subplots(1, 3)
     titles = {"loss": "loss: BCE, unweighted (train and val alike)", "acc": "accuracy", "auc": "AUC"}
@@ -23,5 +29,4 @@ def plot_learning_curves(history: pd.DataFrame, path: str | Path) -> Path:
         ax.set_xlabel("epoch")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return fig

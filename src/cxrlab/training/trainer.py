@@ -61,6 +61,28 @@ class Run:
     stopped_early: bool
     info: dict
 
+    def plot(self):
+        """Loss, accuracy and AUC per epoch (a matplotlib Figure)."""
+        from .curves import learning_curves_figure
+
+        return learning_curves_figure(self.history)
+
+    def _repr_html_(self) -> str:
+        from .. import display
+
+        info, monitor = self.info, self.config.monitor
+        best = self.history.loc[self.history["epoch"] == self.best_epoch]
+        scores = best[["val_loss", "val_acc", "val_auc"]].iloc[0].tolist() if len(best) else []
+        counts = [[s, c["images"], c["positives"], c["patients"]] for s, c in info.get("counts", {}).items()]
+        return (display.heading(f"{info['model']['name']}: best epoch {self.best_epoch} of {info['epochs_run']} "
+                                f"({monitor}){', stopped early' if self.stopped_early else ''}",
+                                f"{info['parameters']:,} parameters, {info['train_seconds']:.1f} s on {info['device']}; "
+                                f"{self.dir.path}")
+                + (display.table(["val_loss", "val_acc", "val_auc"], [[f"{v:.4f}" for v in scores]],
+                                 "at the best epoch") if scores else "")
+                + display.table(["split", "images", "positives", "patients"], counts)
+                + display.figure(self.plot(), width=900))
+
 
 @dataclass
 class Phase:

@@ -74,8 +74,9 @@ def quiet_optuna():
 
 
 def make_sampler(search: Search, space: SearchSpace, worker: int):
-    # one seed per worker and machine: identical seeds would draw identical random start-up trials
-    seed = int(hashlib.sha256(f"{search.seed}/{socket.gethostname()}/{worker}".encode()).hexdigest()[:8], 16)
+    # one seed per worker, machine and folder: identical seeds would draw identical random start-up trials
+    key = f"{search.seed}/{socket.gethostname()}/{search.out}/{worker}"
+    seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
     if search.sampler == "tpe":
         # constant liar: a running trial counts as a poor result, so parallel workers spread out
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
