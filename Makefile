@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 BENCH_VENV ?= .venv-bench
 
-.PHONY: demo test setup bench-env clean
+.PHONY: demo test setup lesson bench-env clean
 
 # No pip wheel cache: the CUDA build of torch and TensorFlow would otherwise sit on disk twice (as
 # downloaded wheels and installed); a CI run once failed with 'No space left on device' while installing.
@@ -23,6 +23,14 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+
+# The lesson notebooks in JupyterLab (the [lesson] extra); they write their data and runs to notebooks/lesson-work/
+$(BIN)/.lesson: $(BIN)/.installed
+	$(BIN)/python -m pip install -q -e '.[dev,lesson]'
+	touch $@
+
+lesson: $(BIN)/.lesson
+	cd notebooks && ../$(BIN)/jupyter lab 01_data.ipynb
 
 # The Keras reference of benchmarks/speed.py: TensorFlow and the [bench] extra's packages in their own
 # environment (cxrlab itself is not installed there; the reference imports nothing from it).

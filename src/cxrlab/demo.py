@@ -137,3 +137,30 @@ def run_demo(out_dir: str | Path = "cxrlab-demo", progress=None, on_epoch=None, 
     report = write_report(run.dir)
     return {"data_dir": data_dir, "summary": summary, "summary_dir": summary_dir, "run": run,
             "metrics": metrics, "report": report, "explain_dir": out_dir / "explain"}
+
+
+def lesson_data(data: str | Path | None = None, work: str | Path = "lesson-work") -> Path:
+    """The lesson notebooks' data: `data` when given (e.g. the NIH subset), else the demo data, made
+    once in WORK/demo (offline, deterministic, the same as `cxrlab demo`'s)."""
+    if data is not None:
+        return Path(data)
+    folder = Path(work) / "demo"
+    if not (folder / "data" / POSITIVE).is_dir():
+        make_demo_data(folder)
+    return folder / "data"
+
+
+def lesson_run(data: str | Path, positive: str = POSITIVE, negative: str = NEGATIVE,
+               image_size: int = DEMO_IMAGE_SIZE, work: str | Path = "lesson-work", epochs: int = DEMO_EPOCHS,
+               retrain: bool = False):
+    """The lesson's network trained with the lesson's recipe into WORK/run (once: later episodes reuse
+    it, so each notebook also runs on its own). Returns the Run."""
+    from .config import TrainConfig
+    from .training import load_run, train
+
+    out = Path(work) / "run"
+    if (out / "run.json").exists() and not retrain:
+        return load_run(out)
+    cfg = TrainConfig.recipe("lesson", source=str(data), positive=positive, negative=[negative], epochs=epochs,
+                             image_size=image_size, cache_dir=str(Path(work) / "cache"))
+    return train(cfg, out, overwrite=True)
