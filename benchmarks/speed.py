@@ -348,7 +348,7 @@ def main() -> int:
             from cxrlab.demo import make_demo_data
 
             print(f"{'smoke run' if args.smoke else 'no ' + str(NIH)}: synthetic demo data stands in for NIH")
-            source, positive, negative = str(make_demo_data(work / "demo", n_patients=40, size=128)), "effusion", None
+            source, positive, negative = str(make_demo_data(work / "demo", n_patients=40, size=128, difficulty="easy")), "effusion", None
         else:
             source, positive, negative = str(NIH), "Effusion", ["No Finding"]
         print(f"machine: {machine()}")

@@ -88,7 +88,7 @@ def lesson_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("lesson-run")
     from cxrlab.demo import make_demo_data
 
-    data = make_demo_data(tmp / "d", n_patients=80, size=96)
+    data = make_demo_data(tmp / "d", n_patients=80, size=96, difficulty="easy")
     return train(lesson_config(data, 96, 12, tmp / "cache"), tmp / "run").dir.path
 
 

@@ -97,7 +97,7 @@ def test_a_training_log_piped_to_a_file_has_one_line_per_epoch(tmp_path):
     """Piped, at the default width of 80 columns: no wrapped epoch lines, no bars, no blank lines."""
     from cxrlab.demo import make_demo_data
 
-    data = make_demo_data(tmp_path / "d", n_patients=30, size=64)
+    data = make_demo_data(tmp_path / "d", n_patients=30, size=64, difficulty="easy")
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     with open(tmp_path / "train.log", "w") as log:
         proc = subprocess.run([sys.executable, "-m", "cxrlab", "train", str(data), "--recipe", "lesson", "--epochs", "3",

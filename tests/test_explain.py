@@ -9,6 +9,7 @@ from torch import nn
 from conftest import lesson_config
 from cxrlab.demo import make_demo_data
 from cxrlab.saliency import explain, localisation, save_explanation, sanity_check
+from cxrlab.models import ModelSpec, create_model
 from cxrlab.saliency.methods import compute_maps, default_target_layer, explainable_copy
 from cxrlab.saliency.sanity import cascading_randomization, verdicts
 from cxrlab.models import ModelSpec, create_model
@@ -119,6 +120,21 @@ def test_no_hook_leak_over_many_calls():
     assert grown_mb < 50
 
 
+def test_the_default_map_layer_has_8_by_8_maps_at_any_input_size():
+    from cxrlab.saliency.methods import seed_cnn_map_block
+
+    assert [seed_cnn_map_block(s) for s in (256, 128, 64, None)] == [5, 4, 3, 5]
+    model = create_model(ModelSpec("seed-cnn"))
+    for size in (256, 128):
+        seen = []
+        layer = default_target_layer(model, size)
+        handle = layer.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[-2:])))
+        with torch.no_grad():
+            model(torch.zeros(1, 1, size, size))
+        handle.remove()
+        assert seen == [(8, 8)]
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("explain")
@@ -156,13 +172,14 @@ def test_sanity_check_fails_an_edge_detector_and_passes_gradcam(demo_run):
 
 def test_localisation_on_synthetic_findings_beats_chance(demo_run):
     run, demo = demo_run
-    # seed-cnn's last block is 2 x 2 at 128 px, too coarse to point; its 4th conv block is 16 x 16
-    result = localisation(run, demo / "boxes.csv", demo / "data", ["gradcam"], target_layer="features.10")
-    r = result["gradcam"]
+    # seed-cnn's last block is 2 x 2 at 128 px, too coarse to point; its 4th conv is 16 x 16
+    result = localisation(run, demo / "boxes.csv", demo / "data", ["layercam"], target_layer="features.9")
+    r = result["layercam"]
     assert r["images"] > 50 and r["pointing_game"] > 5 * r["pointing_chance"]
-    # the default map (LayerCAM, the 5th block) beats chance with a CI that excludes it
+    # the default map (LayerCAM, the block with 8 x 8 maps: the 4th at 128 px) beats chance with a CI that
+    # excludes it; the 5th block (4 x 4 at 128 px, the 8 x 8 one at 256 px) does not localise here
     r = localisation(run, demo / "boxes.csv", demo / "data", ["layercam"])["layercam"]
-    assert r["pointing_ci95"][0] > r["pointing_chance"]
+    assert r["pointing_ci95"][0] > 3 * r["pointing_chance"]
 
 
 def test_boxes_of_another_finding_or_size_are_refused(demo_run, tmp_path):

@@ -45,7 +45,7 @@ TRAIN = ["--model", "seed-cnn", "--no-augment", "--image-size", "64", "--lr", "1
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    return make_demo_data(tmp_path_factory.mktemp("faults"), n_patients=40, size=64)
+    return make_demo_data(tmp_path_factory.mktemp("faults"), n_patients=40, size=64, difficulty="easy")
 
 
 @pytest.fixture(scope="session")

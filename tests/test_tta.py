@@ -18,7 +18,7 @@ from cxrlab.training import train
 @pytest.fixture(scope="module")
 def augmented_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tta")
-    data = make_demo_data(tmp / "d", n_patients=60, size=96)
+    data = make_demo_data(tmp / "d", n_patients=60, size=96, difficulty="easy")
     cfg = lesson_config(data, 96, 4, tmp / "cache", precision="fp32")
     cfg.data.augment = dataclasses.replace(cfg.data.augment, enabled=True)
     return train(cfg, tmp / "run").dir.path

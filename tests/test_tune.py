@@ -37,7 +37,7 @@ def tiny_base(**kw) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    return make_demo_data(tmp_path_factory.mktemp("tune"), n_patients=60, size=64)
+    return make_demo_data(tmp_path_factory.mktemp("tune"), n_patients=60, size=64, difficulty="easy")
 
 
 # -- search spaces ----------------------------------------------------------------------------------

@@ -36,8 +36,23 @@ def _draw(sample, *args) -> float:
     return float(sample(*args))
 
 
-def synthetic_xray(rng: np.random.Generator, size: int = 256, effusion: bool = False):
-    """One image (uint8 size x size) and the finding's box (x, y, w, h) in pixels, or None."""
+DIFFICULTIES = ("teaching", "easy")
+
+
+def patient_look(rng: np.random.Generator, effusion: bool) -> dict:
+    """What one patient's images share in the teaching set: how large and dense the effusion is (down to a
+    sliver at the costophrenic angle), the exposure, the noise, and for some normals a mimic: a raised
+    hemidiaphragm, a bright basal dome that is not fluid (its top is convex; fluid's meniscus is concave)."""
+    return {"severity": _draw(rng.uniform, 0.15, 1.0) if effusion else 0.0,
+            "gamma": _draw(rng.uniform, 0.7, 1.4), "contrast": _draw(rng.uniform, 0.75, 1.15),
+            "offset": _draw(rng.uniform, -0.06, 0.06), "noise": _draw(rng.uniform, 0.02, 0.05),
+            "mimic": (not effusion) and _draw(rng.uniform, 0, 1) < 0.2, "mimic_side": int(rng.integers(0, 2)),
+            "mimic_strength": _draw(rng.uniform, 0.3, 1.0)}
+
+
+def synthetic_xray(rng: np.random.Generator, size: int = 256, effusion: bool = False, look: dict | None = None):
+    """One image (uint8 size x size) and the finding's box (x, y, w, h) in pixels, or None. `look`
+    (patient_look) makes the teaching set's image; without it every effusion is large and dense (easy)."""
     lin = np.linspace(-1, 1, size, dtype=np.float32)
     xx, yy = np.meshgrid(lin, lin)
     dx, dy = (float(v) for v in rng.normal(0, 0.03, 2))  # Python floats keep the maths in float32
@@ -58,25 +73,45 @@ def synthetic_xray(rng: np.random.Generator, size: int = 256, effusion: bool = F
     img += 0.3 * _ellipse(xx, yy, 0, 0.05, 0.12, 0.9, soft=0.5)  # mediastinum and spine
     img += 0.12 * _ellipse(xx, yy, 0.14 + _draw(rng.normal, 0, 0.02), 0.3, 0.26, 0.22, soft=0.8)  # heart (patient's left)
     box = None
+    if look is not None and look["mimic"]:  # raised hemidiaphragm: a bright dome, highest mid-lung
+        cx, cy, rx, ry, lung = lung_geom[look["mimic_side"]]
+        top = cy + ry * 0.62 - 0.14 * np.clip(1 - ((xx - cx) / rx) ** 2, 0, 1)
+        img += 0.2 * look["mimic_strength"] * np.clip((yy - top) / 0.04, 0, 1) * lung
     if effusion:
         side = int(rng.integers(0, 2))
         cx, cy, rx, ry, lung = lung_geom[side]
-        level = cy + ry * _draw(rng.uniform, 0.25, 0.55)  # fluid top, in image coordinates (down is +)
+        if look is None:
+            depth, density = _draw(rng.uniform, 0.25, 0.55), 0.27
+        else:  # severity 1: as large and dense as the easy set's; near 0: a faint sliver at the angle
+            depth = 0.25 + 0.55 * (1 - look["severity"]) + _draw(rng.uniform, -0.04, 0.04)
+            density = 0.27 * (0.45 + 0.55 * look["severity"])
+        level = cy + ry * depth  # fluid top, in image coordinates (down is +)
         lateral = side * 2 - 1  # -1 for the image-left lung
         meniscus = level - 0.12 * np.clip((xx - cx) * lateral / rx, 0, 1) ** 2  # rises laterally
         fluid = np.clip((yy - meniscus) / 0.03, 0, 1) * lung
-        img += 0.27 * fluid
+        img += density * fluid
         ys, xs = np.nonzero(fluid > 0.5)
         if len(xs):
             box = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
-    img = _blur(img + rng.normal(0, 0.035, img.shape).astype(np.float32), passes=1)
-    img = np.clip(img, 0, 1) ** _draw(rng.uniform, 0.85, 1.15)
+    if look is None:
+        img = _blur(img + rng.normal(0, 0.035, img.shape).astype(np.float32), passes=1)
+        img = np.clip(img, 0, 1) ** _draw(rng.uniform, 0.85, 1.15)
+    else:
+        img = (img - 0.3) * look["contrast"] + 0.3 + look["offset"]
+        img = _blur(img + rng.normal(0, look["noise"], img.shape).astype(np.float32), passes=1)
+        img = np.clip(img, 0, 1) ** (look["gamma"] * _draw(rng.uniform, 0.95, 1.05))
     return (img * 255).astype(np.uint8), box
 
 
-def make_demo_data(out_dir: str | Path, n_patients: int = 160, size: int = 256, seed: int = 0) -> Path:
+def make_demo_data(out_dir: str | Path, n_patients: int = 160, size: int = 256, seed: int = 0,
+                   difficulty: str = "teaching") -> Path:
     """Write OUT/data/{normal,effusion}/<patient>_<k>.png (NIH-style names, 1-3 images per patient,
-    one label per patient) and OUT/boxes.csv. Same seed, same bytes. Returns the data folder."""
+    one label per patient) and OUT/boxes.csv. Same seed, same bytes. Returns the data folder.
+    difficulty "teaching" (the demo's): effusions of every size down to subtle, exposure and noise that vary
+    between patients, and normals with a basal mimic, so a class sees misses and wide intervals; "easy":
+    every effusion large and dense (tests that need a model to learn in seconds)."""
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
     out_dir = Path(out_dir)
     data_dir = out_dir / "data"
     rng = np.random.default_rng(seed)
@@ -85,8 +120,9 @@ def make_demo_data(out_dir: str | Path, n_patients: int = 160, size: int = 256, 
         (data_dir / cls).mkdir(parents=True, exist_ok=True)
     for patient in range(1, n_patients + 1):
         positive = patient % 2 == 0
+        look = patient_look(rng, positive) if difficulty == "teaching" else None
         for k in range(int(rng.integers(1, 4))):
-            img, box = synthetic_xray(rng, size, positive)
+            img, box = synthetic_xray(rng, size, positive, look)
             name = f"{patient:08d}_{k:03d}.png"
             # zlib level 1: about half the time of the default level 6 (4.8 vs 9.0 ms), files about 15% larger
             Image.fromarray(img).save(data_dir / (POSITIVE if positive else NEGATIVE) / name, compress_level=1)

@@ -113,7 +113,7 @@ def explain(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | None =
     model, spec = explainable_copy(run_model.model).float(), run_model.spec
     paths = expand_paths(images)
     pixels, sizes = load_images(paths, spec.image_size)
-    layer = resolve_layer(model, target_layer)
+    layer = resolve_layer(model, target_layer, spec.image_size)
     native = layer_resolution(model, layer, spec)
     known = _known_labels(run_model)
     maps: dict[str, list] = {m: [] for m in methods}

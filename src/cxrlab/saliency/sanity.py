@@ -116,7 +116,8 @@ def _map_fn(method, target_layer_name: str | None) -> MapFn:
         return method
     from .methods import resolve_layer
 
-    return lambda model, batch: compute_maps(model, batch, method, resolve_layer(model, target_layer_name))
+    return lambda model, batch: compute_maps(model, batch, method,
+                                             resolve_layer(model, target_layer_name, batch.shape[-1]))
 
 
 def cascading_randomization(model: nn.Module, batch: torch.Tensor, methods: dict[str, object],
@@ -130,7 +131,7 @@ def cascading_randomization(model: nn.Module, batch: torch.Tensor, methods: dict
     if methods.get("gradcam") == "gradcam":  # the signed map beside the absolute one (Adebayo et al.)
         from .methods import resolve_layer
 
-        fns["gradcam (signed)"] = lambda m, b: signed_gradcam(m, b, resolve_layer(m, target_layer_name))
+        fns["gradcam (signed)"] = lambda m, b: signed_gradcam(m, b, resolve_layer(m, target_layer_name, b.shape[-1]))
     reference = {name: fn(model, batch) for name, fn in fns.items()}
     randomised = copy.deepcopy(model)
     rows = []

@@ -42,7 +42,7 @@ class Predictor(RunModel):
 
         if not hasattr(self, "_explain_model"):
             self._explain_model = explainable_copy(self.model).float().cpu()
-            self._layer = default_target_layer(self._explain_model)
+            self._layer = default_target_layer(self._explain_model, self.spec.image_size)
             h, w = layer_resolution(self._explain_model, self._layer, self.spec)
             self.heatmap_resolution = (f"{layer_name(self._explain_model, self._layer)}: {h} x {w}, "
                                        f"upsampled to {self.spec.image_size} px")
