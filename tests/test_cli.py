@@ -1,4 +1,5 @@
 import json
+import re
 import os
 import subprocess
 import sys
@@ -74,6 +75,15 @@ def test_demo_runs_offline_and_is_deterministic(tmp_path):
 
     # the demo teaches the lesson: its rate is the lesson's 1e-3, not cxrlab's default (3e-4)
     assert load_yaml(TrainConfig, tmp_path / "d1" / "run" / "config.yaml").lr == LESSON_LR != TrainConfig().lr
+    # the demo teaches: neither trivial nor hopeless (README: 0.80-0.95), with an interval wider than zero,
+    # some mistakes at the threshold, and a map that points at the effusion more often than chance
+    metrics = json.loads((tmp_path / "d1" / "run" / "eval" / "test" / "metrics.json").read_text())
+    low, high = metrics["ci95"]["auc"]
+    assert 0.80 <= metrics["auc"] <= 0.95 and high - low > 0.05
+    assert metrics["false_negatives"] + metrics["false_positives"] > 0
+    pointing = re.search(r"on (\d+)% of the (\d+) boxed test images \(95% CI (\d+)%-\d+%\); a random point would: (\d+)%",
+                         result.output)
+    assert pointing and int(pointing[3]) > int(pointing[4]), result.output
     from cxrlab.demo import make_demo_data
 
     make_demo_data(tmp_path / "d2")

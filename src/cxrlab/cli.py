@@ -579,6 +579,10 @@ def demo(out: Path = typer.Option(Path("cxrlab-demo"), help="Folder for the synt
                   f"val AUC {run.history['val_auc'].iloc[run.best_epoch - 1]:.3f}; run: {run.dir.path}")
     _print_metrics(result["metrics"], run.dir.path)
     console.print(f"heatmaps (LayerCAM, Grad-CAM, Grad-CAM++, Score-CAM; test images, one per patient): {result['explain_dir']}/")
+    p = result["pointing"]
+    console.print(f"LayerCAM's peak falls inside the effusion's box on {p['pointing_game']:.0%} of the "
+                  f"{p['images']} boxed test images (95% CI {p['pointing_ci95'][0]:.0%}-{p['pointing_ci95'][1]:.0%}); "
+                  f"a random point would: {p['pointing_chance']:.0%}", highlight=False)
     console.print(f"[bold]report:[/] {result['report']}")
 
 

@@ -4,6 +4,8 @@ Each image has dark lung fields, a bright mediastinum and heart, ribs, soft tiss
 Positive images ("effusion") carry fluid at the base of one lung: a bright, meniscus-shaped
 opacity that blunts the costophrenic angle. Its bounding box is recorded in `boxes.csv`
 (NIH BBox_List_2017 columns), so explanations can be checked against where the finding is.
+The teaching set (the default) varies what a real set varies: effusion size and density, exposure,
+noise, and normals with a basal mimic; the easy set (every effusion large and dense) is for tests.
 """
 
 from __future__ import annotations
@@ -163,16 +165,20 @@ def run_demo(out_dir: str | Path = "cxrlab-demo", progress=None, on_epoch=None, 
     from .evaluation.evaluate import evaluate_run
     from .report import write_report
 
-    from .saliency import explain, representative_images, save_explanation
+    from .saliency import explain, localisation, representative_images, save_explanation
+    from .saliency.methods import DEFAULT_MAP_METHOD
 
     metrics = evaluate_run(run.dir)
     # test images only (never training images), one per patient, positives first
     examples, _ = representative_images(run.dir, 4)
     save_explanation(explain(run.dir, examples, ["layercam", "gradcam", "gradcam++", "scorecam"]),
                      out_dir / "explain", POSITIVE)
+    # does the default map point at the effusion? On the test images with a box, against chance
+    pointing = localisation(run.dir, out_dir / "boxes.csv", data_dir, [DEFAULT_MAP_METHOD], split="test")
     report = write_report(run.dir)
     return {"data_dir": data_dir, "summary": summary, "summary_dir": summary_dir, "run": run,
-            "metrics": metrics, "report": report, "explain_dir": out_dir / "explain"}
+            "metrics": metrics, "report": report, "explain_dir": out_dir / "explain",
+            "pointing": pointing[DEFAULT_MAP_METHOD]}
 
 
 def lesson_data(data: str | Path | None = None, work: str | Path = "lesson-work") -> Path:

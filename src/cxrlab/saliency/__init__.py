@@ -189,11 +189,13 @@ def data_randomization(run_dir, shuffled_run_dir, images, methods=DEFAULT_METHOD
 
 
 def localisation(run_dir, boxes_csv, images_dir, methods=DEFAULT_METHODS, target_layer: str | None = None,
-                 faithfulness: bool = False, boxes_space: int | None = None, finding: str | None = None) -> dict:
+                 faithfulness: bool = False, boxes_space: int | None = None, finding: str | None = None,
+                 split: str | None = None) -> dict:
     """Pointing game (with its 95% Wilson interval and chance level) and T(IoBB) accuracy per method,
     over the images with a box of the run's positive finding (or `finding`; NIH's `Infiltrate` is
     `Infiltration`). `boxes_space`: the square size the boxes were drawn on (NIH's BBox_List_2017:
-    1024); by default each image's own size, and a box outside its image is an error."""
+    1024); by default each image's own size, and a box outside its image is an error. `split`: only the
+    images of that split of the run (e.g. "test": none it was trained or selected on)."""
     from .localize import finding_key, localisation_scores, read_boxes, road_scores, scale_box
 
     boxes = read_boxes(boxes_csv)
@@ -208,6 +210,10 @@ def localisation(run_dir, boxes_csv, images_dir, methods=DEFAULT_METHODS, target
         images_dir = images_dir.parent
     index = {p.name: p for p in images_dir.rglob("*") if p.is_file()}
     boxes = boxes[boxes["Image Index"].isin(index)]
+    if split is not None:
+        own = RunDir(run_dir).read_split()
+        names = {Path(p).name for p in own.loc[own["split"] == split, "path"]}
+        boxes = boxes[boxes["Image Index"].isin(names)]
     if boxes.empty:
         raise CxrlabError(f"{boxes_csv}: none of its images were found under {images_dir}")
     paths = [str(index[n]) for n in boxes["Image Index"]]
