@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,9 @@ def default_on_split(task: str, split_seed: int, split: Path, out: Path) -> dict
 
 
 def parallel(task: str, split_seed: int, params: list[dict], split: Path, out: Path, workers: int) -> dict:
-    """The same trials (enqueued in order) with `workers` processes; no pruning, so the work is the same."""
+    """The same trials (enqueued in order) with `workers` processes; no pruning, so the work is the same.
+    A folder left by an interrupted attempt is started afresh (its timing would not be one run's)."""
+    shutil.rmtree(out, ignore_errors=True)
     with quiet_optuna():
         study = optuna.create_study(storage=open_storage(None, out), study_name=out.name, direction="maximize")
         for p in params:
@@ -87,6 +90,15 @@ def parallel(task: str, split_seed: int, params: list[dict], split: Path, out: P
                   sampler="tpe", pruner="none", workers=workers, on_trial=printer)
     return {"workers": workers, "wall_s": time.perf_counter() - t0, "complete": result.summary["complete"],
             "trial_seconds": result.trials["seconds"].tolist()}
+
+
+def once(path: Path, compute):
+    """A part's result, computed once: a rerun after an interruption skips the parts already done."""
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute()
+    path.write_text(json.dumps(result, indent=2))
+    return result
 
 
 def main() -> int:
@@ -108,7 +120,8 @@ def main() -> int:
     results["search"] = search(args.task, args.trials, args.split_seed, out / "search")
     split = out / "search" / "split.csv"
     print("default recipe on the same split", flush=True)
-    results["default"] = default_on_split(args.task, args.split_seed, split, out / "default")
+    results["default"] = once(out / "default.json", lambda: default_on_split(args.task, args.split_seed, split,
+                                                                             out / "default"))
     if not args.skip_parallel:
         with quiet_optuna():
             first = optuna.load_study(study_name="search", storage=open_storage(None, out / "search"))
@@ -117,8 +130,8 @@ def main() -> int:
         results["parallel"] = []
         for workers in (1, 2):
             print(f"the same {len(params)} trials with {workers} worker(s)", flush=True)
-            results["parallel"].append(parallel(args.task, args.split_seed, params, split,
-                                                out / f"parallel-{workers}", workers))
+            results["parallel"].append(once(out / f"parallel-{workers}.json", lambda: parallel(
+                args.task, args.split_seed, params, split, out / f"parallel-{workers}", workers)))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     return 0
