@@ -170,3 +170,40 @@ def test_every_pydicom_test_file_decodes_or_is_refused_with_a_reason():
             assert exc.path == path and exc.reason
             outcomes[os.path.basename(path)] = exc.reason
     assert sum(v == "decoded" for v in outcomes.values()) >= 40, outcomes
+
+
+# -- the intensities the file means (issue 22): one fixed mapping per file, never a per-image stretch ----------
+
+def _photo(seed=0, shape=(48, 64)) -> np.ndarray:
+    """An 8-bit 'source PNG' that does not use the whole 0..255 range (as a real X-ray rarely does)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(40, 201, shape).astype(np.uint8)
+
+
+def test_12bit_monochrome1_with_an_identity_window_matches_its_source(tmp_path):
+    source = _photo()
+    stored = np.round((255 - source.astype(float)) * 4095 / 255).astype(np.uint16)  # MONOCHROME1: high = dark
+    path = write_dicom(tmp_path / "m1.dcm", stored, "MONOCHROME1", WindowCenter=2048, WindowWidth=4096)
+    arr, info = read_image(str(path))
+    assert np.abs(arr.astype(int) - source).max() <= 1
+    assert "window 2048/4096" in info.mode
+    stretched = 255 - to_uint8(stored)  # what the per-image stretch made of it
+    assert np.abs(stretched.astype(int) - source).max() > 30
+
+
+def test_dicom_without_a_window_uses_the_full_stored_range(tmp_path):
+    source = _photo(1)
+    stored = np.round(source.astype(float) * 4095 / 255).astype(np.uint16)
+    arr, info = read_image(str(write_dicom(tmp_path / "m2.dcm", stored)))
+    assert np.abs(arr.astype(int) - source).max() <= 1 and "stored range 0..4095" in info.mode
+
+
+def test_hdf5_floats_in_0_1_are_scaled_by_255_and_said_so(tmp_path):
+    import h5py
+
+    source = _photo(2)
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["image"] = (source.astype(np.float32) / 255)[None]
+    arr, info = read_image(f"{tmp_path / 'x.h5'}::0")
+    assert (arr == source).all()
+    assert info.mode == "HDF5 float32, [0, 1] x 255"

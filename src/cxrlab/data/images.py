@@ -62,6 +62,15 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
+def scale_range(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map the fixed range [lo, hi] (what the file says its values mean, not this image's own min and max)
+    linearly onto 0..255, clipping outside it."""
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    scaled = (np.asarray(arr, np.float32) - lo) * (255.0 / (hi - lo))
+    return np.round(np.clip(scaled, 0, 255)).astype(np.uint8)
+
+
 def _gray(arr: np.ndarray) -> np.ndarray:
     """H x W x C -> H x W luminance (alpha dropped)."""
     if arr.ndim == 2:
@@ -110,17 +119,48 @@ def _decode_dicom(data: bytes, name: str) -> tuple[np.ndarray, int, int, str]:
                                    "save the frame you want as its own file")
     arr = ds.pixel_array
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    bits = int(ds.BitsStored)
     if photometric.startswith("MONOCHROME"):
+        # the intensities the file means, mapped to 8 bits once: the VOI LUT's or the window's output range,
+        # else the full stored range, never this image's own min and max (that stretched every image anew)
         arr = apply_modality_lut(arr, ds)
-        if "VOILUTSequence" in ds or "WindowCenter" in ds:
+        lo, hi = _modality_range(ds)
+        if "VOILUTSequence" in ds:
             arr = apply_voi_lut(arr, ds)
-        arr = to_uint8(np.asarray(arr))
+            lo, hi = 0, 2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1
+            how = "VOI LUT"
+        elif "WindowCenter" in ds and "WindowWidth" in ds:
+            arr = apply_voi_lut(arr, ds)  # pydicom's windowing maps onto the modality range [lo, hi]
+            how = f"window {_first(ds.WindowCenter):g}/{_first(ds.WindowWidth):g}"
+        else:
+            how = f"stored range {lo:g}..{hi:g}"
+        arr = scale_range(arr, lo, hi)
         inverse = str(ds.get("PresentationLUTShape", "IDENTITY")).upper() == "INVERSE"
         if (photometric == "MONOCHROME1") != inverse:
             arr = 255 - arr
     else:
-        arr = to_uint8(_gray(np.asarray(arr)))
-    return arr, int(ds.Columns), int(ds.Rows), f"DICOM {photometric} {int(ds.BitsStored)}-bit"
+        arr, how = to_uint8(_gray(np.asarray(arr))), "8-bit" if arr.dtype == np.uint8 else "min-max stretched"
+    return arr, int(ds.Columns), int(ds.Rows), f"DICOM {photometric} {bits}-bit, {how}"
+
+
+def _first(value) -> float:
+    """A DICOM value that may be multi-valued (several windows): the first."""
+    try:
+        return float(value[0])
+    except TypeError:
+        return float(value)
+
+
+def _modality_range(ds) -> tuple[float, float]:
+    """The range modality-LUT output can take, as pydicom's windowing computes it (PS3.3 C.11.2.1.2)."""
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    bits = int(ds.BitsStored)
+    lo, hi = (0, 2 ** bits - 1) if int(ds.get("PixelRepresentation", 0)) == 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        lo, hi = sorted((lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)))
+    return float(lo), float(hi)
 
 
 @lru_cache(maxsize=8)
@@ -136,9 +176,17 @@ def _decode_h5(ref: str) -> tuple[np.ndarray, int, int, str, str]:
     sha = hashlib.sha1(arr.tobytes()).hexdigest()
     if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)  # C,H,W -> H,W,C
-    arr = _gray(arr)
-    arr = to_uint8(arr)
-    return arr, arr.shape[1], arr.shape[0], f"HDF5 {arr.dtype}", sha
+    dtype = arr.dtype
+    arr = _gray(arr) if arr.ndim == 3 else arr
+    if dtype == np.uint8:
+        how = "8-bit"
+    elif dtype.kind == "f" and float(np.nanmin(arr)) >= 0 and float(np.nanmax(arr)) <= 1:
+        arr, how = scale_range(arr, 0.0, 1.0), "[0, 1] x 255"  # floats in [0, 1], as the MIT lab stores them
+    elif dtype.kind in "fiu" and float(arr.min()) >= 0 and float(arr.max()) <= 255:
+        arr, how = scale_range(arr, 0.0, 255.0), "0..255 kept"
+    else:  # a range the file does not state: stretched per image, and said so
+        arr, how = to_uint8(arr), "min-max stretched per image"
+    return arr, arr.shape[1], arr.shape[0], f"HDF5 {dtype}, {how}", sha
 
 
 def resize(arr: np.ndarray, size: int) -> np.ndarray:
