@@ -207,3 +207,52 @@ def test_hdf5_floats_in_0_1_are_scaled_by_255_and_said_so(tmp_path):
     arr, info = read_image(f"{tmp_path / 'x.h5'}::0")
     assert (arr == source).all()
     assert info.mode == "HDF5 float32, [0, 1] x 255"
+
+
+# -- view positions (issue 22): read from DICOM and NIH's CSV, shown, and filtered with --views --------------
+
+def _views_folder(tmp_path):
+    views = {"normal": ["PA", "PA", "AP", "PA"], "effusion": ["PA", "AP", "AP", "LL"]}
+    for cls, positions in views.items():
+        for i, view in enumerate(positions):
+            write_dicom(tmp_path / "dx" / cls / f"{cls}{i}.dcm", gradient(shape=(32, 32)), patient=f"{cls}-{i}",
+                        ViewPosition=view)
+    return tmp_path / "dx"
+
+
+def test_dicom_view_positions_are_read_shown_and_filtered(tmp_path):
+    from cxrlab.config import DataConfig
+    from cxrlab.data import load_data
+    from cxrlab.data.summary import summarize
+    from cxrlab.errors import DataError
+
+    root = _views_folder(tmp_path)
+    cfg = DataConfig(image_size=32, cache_dir=str(tmp_path / "cache"), test_fraction=0.25, val_fraction=0.25)
+    everything = load_data(root, positive="effusion", config=cfg)
+    assert summarize(everything)["views"] == {"PA": 4, "AP": 3, "LL": 1}
+    frontal = load_data(root, positive="effusion", config=DataConfig(**{**cfg.__dict__, "views": "pa,AP"}))
+    assert sorted(frontal.frame["view"]) == ["AP"] * 3 + ["PA"] * 4
+    assert any("1 image(s) of other views left out (LL 1)" in n for n in frontal.notes)
+    with pytest.raises(DataError, match=r"no image has view LAT; its views: PA 4, AP 3, LL 1"):
+        load_data(root, positive="effusion", config=DataConfig(**{**cfg.__dict__, "views": ["LAT"]}))
+
+
+def test_nih_view_position_column_and_sources_without_views(tmp_path, nih_csv):
+    import pandas as pd
+
+    from cxrlab.config import DataConfig
+    from cxrlab.data import load_data
+    from cxrlab.errors import DataError
+
+    cfg = DataConfig(image_size=32, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"--views PA: no image says its view"):
+        load_data(nih_csv, positive="Effusion", config=DataConfig(**{**cfg.__dict__, "views": "PA"}))
+    table = pd.read_csv(nih_csv)
+    table["View Position"] = ["PA" if i % 2 else "AP" for i in range(len(table))]
+    table.to_csv(nih_csv, index=False)
+    data = load_data(nih_csv, positive="Effusion", config=DataConfig(**{**cfg.__dict__, "views": "AP"}))
+    assert set(data.frame["view"]) == {"AP"} and len(data.frame) < len(table)
+    table["View Position"] = ["PA" if "Effusion" in labels else "AP" for labels in table["Finding Labels"]]
+    table.to_csv(nih_csv, index=False)
+    with pytest.raises(DataError, match=r"no readable images labelled 'Effusion' are left after keeping views AP"):
+        load_data(nih_csv, positive="Effusion", config=DataConfig(**{**cfg.__dict__, "views": "AP"}))

@@ -106,6 +106,8 @@ def _print_summary(summary: dict, out_dir: Path) -> None:
     if dups["groups"]:
         console.print(f"[yellow]exact duplicates: {dups['groups']} group(s)"
                       f"{', ' + str(dups.get('across_splits', 0)) + ' across splits' if 'across_splits' in dups else ''}")
+    if set(summary.get("views", {})) - {"unknown"}:
+        console.print("views: " + ", ".join(f"{v} {n}" for v, n in summary["views"].items()), highlight=False)
     for note in summary["notes"]:
         console.print(f"[yellow]note:[/] {note}")
     for item in summary["skipped"]["files"][:20]:
@@ -126,6 +128,8 @@ def data_summary(
     val_policy: str = typer.Option("auto", help="Pre-split folders: auto, keep or resplit their val/."),
     on_bad_image: str = typer.Option("error", help="error: stop at an unreadable image; skip: leave it out and list it."),
     cache_dir: Optional[Path] = typer.Option(None, help="Image cache (default $CXRLAB_CACHE or ~/.cache/cxrlab)."),
+    views: Optional[str] = typer.Option(None, help="Only these view positions, e.g. PA or PA,AP (DICOM ViewPosition, "
+                                        "NIH's 'View Position' column)."),
 ):
     """Counts per class and split, patients, sizes, duplicates, unreadable files; summary.json and plots."""
     from .data import load_data
@@ -133,7 +137,7 @@ def data_summary(
 
     cfg = DataConfig(image_size=image_size, split_scheme=split_scheme, split_seed=split_seed,
                      val_policy=val_policy, on_bad_image=on_bad_image,
-                     cache_dir=str(cache_dir) if cache_dir else None)
+                     cache_dir=str(cache_dir) if cache_dir else None, views=views)
     with _Bar("decoding images") as bar:
         loaded = load_data(data, positive, negative or None, images, cfg, progress=bar)
     _print_summary(write_summary(loaded, out), out)
@@ -194,6 +198,7 @@ def train(
     test_fraction: Optional[float] = typer.Option(None, help="Overrides the split scheme's test share."),
     val_policy: Optional[str] = typer.Option(None), on_bad_image: Optional[str] = typer.Option(None),
     cache_dir: Optional[Path] = typer.Option(None),
+    views: Optional[str] = typer.Option(None, help="Only these view positions, e.g. PA or PA,AP."),
 ):
     """Train a classifier into a run directory (config.yaml, split.csv, history.csv, weights, run.json)."""
     from .config import TrainConfig, load_yaml, with_overrides
@@ -233,7 +238,8 @@ _TRAIN_FLAGS = {"positive", "images", "split_file", "model", "pretrained", "weig
                 "dropout", "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "seed", "shuffle_labels",
                 "deterministic", "device", "precision", "workers", "decode_workers", "devices", "finetune_epochs", "finetune_blocks",
                 "finetune_lr_factor", "cache_features", "image_size", "normalization", "augment", "tta",
-                "split_scheme", "split_seed", "val_fraction", "test_fraction", "val_policy", "on_bad_image", "cache_dir"}
+                "split_scheme", "split_seed", "val_fraction", "test_fraction", "val_policy", "on_bad_image", "cache_dir",
+                "views"}
 
 
 def _print_note(message: str) -> None:

@@ -46,6 +46,7 @@ class DataConfig:
     on_bad_image: str = "error"
     cache_dir: str | None = None  # default: $CXRLAB_CACHE or ~/.cache/cxrlab
     decode_workers: int | None = None  # image decoding processes; default: all cores
+    views: list[str] | None = None  # keep only these view positions (PA, AP, LL...); None: every image
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
@@ -57,6 +58,12 @@ class DataConfig:
         _check_choice("split_scheme", self.split_scheme, SPLIT_SCHEMES)
         _check_choice("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)
         _check_choice("val_policy", self.val_policy, VAL_POLICIES)
+        if isinstance(self.views, str):  # "PA,AP" from the command line
+            self.views = [v for v in self.views.split(",") if v.strip()]
+        if self.views is not None:
+            self.views = [str(v).strip().upper() for v in self.views]
+            if not self.views:
+                raise ConfigError("views must name at least one view position, e.g. PA or PA,AP")
         if not 16 <= int(self.image_size) <= 4096:
             raise ConfigError(f"image_size must be between 16 and 4096, got {self.image_size}")
 

@@ -78,6 +78,24 @@ class LoadedData:
         return XrayDataset(self.images, labels, self.indices(split), transform)
 
 
+def _keep_views(frame: pd.DataFrame, views: list[str], source: str) -> tuple[pd.DataFrame, str]:
+    """Only the images whose view position is one of `views`; a source that records no views, or none of
+    these, is an error naming what it has."""
+    known = frame["view"].fillna("").str.upper()
+    if (known == "").all():
+        raise DataError(f"{source}: --views {','.join(views)}: no image says its view (DICOM ViewPosition, or a "
+                        "'View Position' column in the CSV)")
+    keep = known.isin(views)
+    if not keep.any():
+        have = ", ".join(f"{v or 'unknown'} {n}" for v, n in known.value_counts().items())
+        raise DataError(f"{source}: no image has view {' or '.join(views)}; its views: {have}")
+    left_out = known[~keep].replace("", "unknown").value_counts()
+    note = (f"--views {','.join(views)}: {int((~keep).sum())} image(s) of other views left out "
+            f"({', '.join(f'{v} {n}' for v, n in left_out.items())})" if len(left_out) else
+            f"--views {','.join(views)}: every image has one of these views")
+    return frame[keep.to_numpy()].reset_index(drop=True), note
+
+
 def load_data(source: str | Path, positive: str | None = None, negative: str | list[str] | None = None,
               images_dir: str | Path | None = None, config: DataConfig | None = None,
               split_file: str | Path | None = None,
@@ -100,6 +118,10 @@ def load_data(source: str | Path, positive: str | None = None, negative: str | l
         frame, excluded = label_frame(manifest, task)
     else:
         frame = manifest.frame.copy()
+    notes: list[str] = []
+    if cfg.views:
+        frame, note = _keep_views(frame, cfg.views, manifest.root)
+        notes.append(note)
     cache = ImageCache(cfg.cache_dir, cfg.decode_workers).load(frame["path"].tolist(), cfg.image_size, progress)
     frame["row"] = np.arange(len(frame))
     info = cache.info
@@ -113,16 +135,18 @@ def load_data(source: str | Path, positive: str | None = None, negative: str | l
             raise exc
         skipped += [{"path": p, "reason": r} for p, r in zip(frame["path"][bad], info["error"][bad])]
         frame = frame[~bad.to_numpy()].reset_index(drop=True)
-    notes: list[str] = []
     if task is not None:
         for value, name in ((1, task.positive), (0, " or ".join(task.negatives))):
             if not (frame["y"] == value).any():
-                raise DataError(f"no readable images labelled {name!r} are left after skipping bad images")
+                why = " and ".join(w for w, on in ((f"keeping views {','.join(cfg.views or [])}", cfg.views),
+                                                   ("skipping bad images", skipped)) if on)
+                raise DataError(f"no readable images labelled {name!r} are left after {why or 'loading'}")
         if split_file:
             frame["split"] = load_split(split_file, frame).to_numpy()
         else:
             val, test = cfg.fractions()
-            split, notes = make_split(frame, val, test, cfg.split_seed, cfg.val_policy)
+            split, split_notes = make_split(frame, val, test, cfg.split_seed, cfg.val_policy)
+            notes += split_notes
             frame["split"] = split.to_numpy()
     if skipped:
         notes.append(f"{len(skipped)} file(s) skipped as unreadable or not images; see 'skipped'")

@@ -20,7 +20,7 @@ from .patients import infer_patient
 LABEL_SEP = "|"
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IGNORED_FILES = {"thumbs.db", "desktop.ini"}
-COLUMNS = ["path", "labels", "patient", "patient_source", "split"]
+COLUMNS = ["path", "labels", "patient", "patient_source", "split", "view"]
 
 
 @dataclass
@@ -44,27 +44,29 @@ class Manifest:
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=COLUMNS).fillna({"view": ""})
 
 
-def _patient_for(path: Path) -> tuple[str, str]:
+def _patient_for(path: Path) -> tuple[str, str, str]:
+    """(patient id, where it came from, view position: PA, AP, LL ... or '' when the file does not say)."""
+    view = ""
     if path.suffix.lower() in DICOM_SUFFIXES:
-        pid = _dicom_patient(path)
+        pid, view = _dicom_meta(path)
         if pid:
-            return pid, "dicom"
+            return pid, "dicom", view
     pid = infer_patient(path.name)
-    return (pid, "filename") if pid else (path.stem, "image")
+    return (pid, "filename", view) if pid else (path.stem, "image", view)
 
 
-def _dicom_patient(path: Path) -> str | None:
+def _dicom_meta(path: Path) -> tuple[str | None, str]:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID", "ViewPosition"])
     except Exception:
-        return None  # unreadable: the decoder reports it with the reason
+        return None, ""  # unreadable: the decoder reports it with the reason
     pid = str(getattr(ds, "PatientID", "") or "").strip()
-    return pid or None
+    return pid or None, str(getattr(ds, "ViewPosition", "") or "").strip().upper()
 
 
 def _skip_or_raise(path, reason: str, on_bad: str, skipped: list[dict]) -> None:
@@ -88,9 +90,9 @@ def _class_rows(class_dir: Path, split: str, on_bad: str, skipped: list[dict]) -
         if not is_image_file(path):
             _skip_or_raise(path, f"not an image file (suffix {path.suffix or 'none'})", on_bad, skipped)
             continue
-        patient, how = _patient_for(path)
+        patient, how, view = _patient_for(path)
         rows.append({"path": str(path), "labels": class_dir.name, "patient": patient,
-                     "patient_source": how, "split": split})
+                     "patient_source": how, "split": split, "view": view})
     if not rows:
         raise DataError(f"class folder {class_dir} has no images. Add images or remove the folder.")
     return rows
@@ -169,8 +171,8 @@ def find_boxes_csv(source: str | Path) -> Path | None:
 
 
 def from_csv(csv_path: str | Path, images_dir: str | Path | None = None, on_bad: str = "error") -> Manifest:
-    """NIH-style manifest: `Image Index`, `Finding Labels` ('|'-separated), `Patient ID`.
-    Extra columns (as in the full Data_Entry_2017.csv) are ignored."""
+    """NIH-style manifest: `Image Index`, `Finding Labels` ('|'-separated), `Patient ID`, and `View
+    Position` when present (the full Data_Entry_2017.csv has it). Other columns are ignored."""
     csv_path = Path(csv_path).resolve()
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
@@ -210,7 +212,8 @@ def from_csv(csv_path: str | Path, images_dir: str | Path | None = None, on_bad:
             how = "filename" if pid else "image"
             pid = pid or Path(name).stem
         rows.append({"path": path, "labels": LABEL_SEP.join(labels), "patient": pid,
-                     "patient_source": how, "split": ""})
+                     "patient_source": how, "split": "",
+                     "view": str(rec.get("View Position", "")).strip().upper()})  # Data_Entry_2017's column
     if missing_files and not rows:
         raise DataError(f"{csv_path}: none of its {len(missing_files)} images were found under {images_dir}; "
                         "pass --images DIR with the folder that holds them.")

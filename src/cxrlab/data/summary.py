@@ -26,6 +26,7 @@ def summarize(data: LoadedData) -> dict:
         "patient_id_from": {k: int(v) for k, v in frame["patient_source"].value_counts().items()},
         "labels_in_source": data.manifest.label_counts(),
         "image_size_used": data.config.image_size,
+        "views": {(k or "unknown"): int(v) for k, v in frame["view"].fillna("").value_counts().items()},
         "cache": data.cache_status,
     }
     if data.task is not None:

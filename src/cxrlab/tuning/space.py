@@ -28,7 +28,7 @@ PRESETS_DIR = Path(__file__).parent / "spaces"
 # patients), where it runs, and settings that are not about the model's quality
 FIXED_KEYS = {"source", "positive", "negative", "images_dir", "split_file", "split_scheme", "split_seed",
               "val_fraction", "test_fraction", "val_policy", "on_bad_image", "cache_dir", "decode_workers",
-              "workers", "devices", "device", "monitor", "shuffle_labels", "deterministic", "init_from", "weights",
+              "workers", "devices", "device", "monitor", "shuffle_labels", "deterministic", "init_from", "weights", "views",
               "data"}
 # the augmentation ranges `augment_strength` scales (hflip is on or off, not a range)
 AUGMENT_RANGES = ("rotation", "shift", "zoom", "shear", "brightness", "contrast")
