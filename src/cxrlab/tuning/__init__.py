@@ -140,10 +140,12 @@ def _open_study(search: Search, space: SearchSpace, base: TrainConfig) -> optuna
                                 direction=DIRECTIONS[search.metric], sampler=make_sampler(search, space, 0),
                                 pruner=make_pruner(search, base.epochs))
     theirs = {k: study.user_attrs.get(k) for k in mine}
-    if all(v is None for v in theirs.values()):
-        for key, value in mine.items():
+    for key, value in mine.items():
+        # a key not there yet is this command's to write: on a new study, or while another machine that
+        # created it at the same moment is still writing its keys one by one (they are the same values)
+        if theirs[key] is None:
             study.set_user_attr(key, value)
-        return study
+            theirs[key] = value
     for key, what in (("cxrlab:space", "search space"), ("cxrlab:metric", "metric"), ("cxrlab:task", "task"),
                       ("cxrlab:split", "split")):
         if theirs[key] != mine[key]:
