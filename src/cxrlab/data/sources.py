@@ -44,7 +44,7 @@ class Manifest:
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=COLUMNS).fillna({"view": ""})
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def _patient_for(path: Path) -> tuple[str, str, str]:
@@ -265,7 +265,7 @@ def from_hdf5(files: list[str | Path]) -> Manifest:
         for i, lab in enumerate(labels):
             rows.append({"path": f"{file}{H5_SEP}{i}", "labels": names[int(lab)],
                          "patient": patients[i] if patients else f"{file.stem}-{i}",
-                         "patient_source": "hdf5" if patients else "image", "split": split})
+                         "patient_source": "hdf5" if patients else "image", "split": split, "view": ""})
     return Manifest(_frame(rows), "hdf5", ",".join(map(str, files)))
 
 

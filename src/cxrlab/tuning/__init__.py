@@ -82,13 +82,12 @@ def tune(source: str | Path, positive: str | None = None, negative: str | list[s
     else:
         _run_workers(search, workers, on_trial)
     with quiet_optuna():
-        summary = summarise(opened, search)
+        summary, frame = summarise(opened, search)
     if summary["complete"] + summary["pruned"] < trials and on_note:
         on_note(f"{summary['complete'] + summary['pruned']} of {trials} trials finished "
                 f"({'the time ran out' if timeout else 'see the failed trials in trials.csv'}); "
                 "the same command continues the study")
-    return TuneResult(out, summary, pd.read_csv(out / "trials.csv") if (out / "trials.csv").stat().st_size > 1
-                      else pd.DataFrame())
+    return TuneResult(out, summary, frame)
 
 
 def _raw(space: SearchSpace) -> dict:

@@ -113,7 +113,7 @@ def counts(study: optuna.Study) -> dict[str, int]:
 class Objective:
     """Train one trial's config into DIR/trials/NNNN and return its best validation metric."""
 
-    def __init__(self, search: Search, space: SearchSpace, on_trial_start: Callable | None = None):
+    def __init__(self, search: Search, space: SearchSpace):
         self.search, self.space = search, space
         self.base = search.base_config()
         self.trials_dir = Path(search.out) / "trials"
@@ -217,11 +217,11 @@ class _Reporter:
             best = None
         self.on_trial({"number": trial.number, "state": trial.state.name.lower(), "value": trial.value,
                        "metric": self.search.metric, "params": dict(trial.params), "best": best,
-                       "error": trial.user_attrs.get("error"), "seconds": _duration(trial),
+                       "error": trial.user_attrs.get("error"), "seconds": duration(trial),
                        "epochs_run": trial.user_attrs.get("epochs_run"), "worker_pid": os.getpid()})
 
 
-def _duration(trial) -> float | None:
+def duration(trial) -> float | None:
     if trial.datetime_start and trial.datetime_complete:
         return (trial.datetime_complete - trial.datetime_start).total_seconds()
     return None

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from ..config import save_yaml
 from ..runs import atomic_write
 from .space import apply
-from .study import SURPLUS, Search, counts
+from .study import SURPLUS, Search, counts, duration
 
 TEST_ATTR = "cxrlab:test"  # the best trial's test result, stored in the study so every machine reports it
 FIGURES = {  # file -> (title, Optuna's matplotlib function)
@@ -35,10 +35,8 @@ def trials_frame(study: optuna.Study, search: Search) -> pd.DataFrame:
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get(SURPLUS):
             continue
-        seconds = (t.datetime_complete - t.datetime_start).total_seconds() \
-            if t.datetime_start and t.datetime_complete else None
         rows.append({"number": t.number, "state": t.state.name.lower(), search.metric: t.value,
-                     **{f"param_{k}": v for k, v in t.params.items()}, "seconds": seconds,
+                     **{f"param_{k}": v for k, v in t.params.items()}, "seconds": duration(t),
                      "epochs_run": t.user_attrs.get("epochs_run"), "run_dir": t.user_attrs.get("run_dir"),
                      "host": t.user_attrs.get("host"), "retry_of": t.system_attrs.get("failed_trial"),
                      "error": t.user_attrs.get("error")})
@@ -96,8 +94,9 @@ def draw_figures(study: optuna.Study, out: Path) -> dict[str, str]:
     return drawn
 
 
-def summarise(study: optuna.Study, search: Search) -> dict:
-    """Write DIR/trials.csv, best.yaml, summary.json, the figures and summary.html; returns the summary."""
+def summarise(study: optuna.Study, search: Search) -> tuple[dict, pd.DataFrame]:
+    """Write DIR/trials.csv, best.yaml, summary.json, the figures and summary.html; returns the summary
+    and the trials table."""
     out = Path(search.out)
     frame = trials_frame(study, search)
     atomic_write(out / "trials.csv", frame.to_csv(index=False).encode())
@@ -119,7 +118,7 @@ def summarise(study: optuna.Study, search: Search) -> dict:
     summary["figures"] = draw_figures(study, out) if complete else {}
     atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=_plain).encode())
     atomic_write(out / "summary.html", _html(summary, frame, out).encode())
-    return summary
+    return summary, frame
 
 
 def _plain(value):
