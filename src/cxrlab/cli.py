@@ -266,6 +266,8 @@ def evaluate(
                                       "(default: those of the stored operating point)."),
     calibrate: bool = typer.Option(False, help="Fit temperature scaling on validation data (this evaluation only)."),
     resamples: int = typer.Option(1000, help="Patient-level bootstrap resamples for the CIs."),
+    site: Optional[str] = typer.Option(None, help="With --data: also report at this site's operating point (default: "
+                                       "the site whose threshold was chosen on a sample of --data), leaving the sample out."),
 ):
     """Metrics with 95% CIs at the run's operating point, calibration, CSVs and figures in RUN/eval/<split>/.
     Read-only on the run: the operating point predict, serve and export use stays as it is."""
@@ -274,7 +276,7 @@ def evaluate(
     if (positive or negative) and data is None:
         raise CxrlabError("--positive and --negative name another data set's labels: use them with --data")
     m = evaluate_run(run, data, split, threshold, tta, calibrate, resamples, data_positive=positive,
-                     data_negative=negative or None)
+                     data_negative=negative or None, site=site)
     _print_metrics(m, run)
 
 
@@ -286,11 +288,33 @@ def threshold_cmd(
     tta: Optional[int] = typer.Option(None, help="Test-time views the scores are made with (default: the run's; "
                                       "predict, serve and the quiz then score with these)."),
     calibrate: bool = typer.Option(False, help="Also fit temperature scaling on validation data."),
+    data: Optional[Path] = typer.Option(None, help="A new site's labelled images: choose the site's own threshold on a "
+                                        "sample of them (the run's own point stays; predict --site uses it)."),
+    site: Optional[str] = typer.Option(None, help="With --data: the site's name (default: the data folder's name)."),
+    sample: float = typer.Option(0.5, help="With --data: share of its patients to choose on; evaluate --data "
+                                 "scores the rest."),
+    positive: Optional[str] = typer.Option(None, help="With --data: its label for the run's positive class."),
+    negative: Optional[List[str]] = typer.Option(None, help="With --data: its label(s) for the run's negative class."),
 ):
     """Choose the run's operating point on its validation split and store it (RUN/threshold.json):
-    what predict, serve, export and evaluate use from then on. `train` stores the default one."""
+    what predict, serve, export and evaluate use from then on. `train` stores the default one.
+    With --data, choose a new site's threshold on a labelled sample of its images instead."""
     from .evaluation.evaluate import store_operating_point
 
+    if data is None and (site or positive or negative):
+        raise CxrlabError("--site, --positive and --negative describe a new site's images: use them with --data")
+    if data is not None:
+        if tta is not None or calibrate:
+            raise CxrlabError("a site's threshold keeps the run's test-time views and temperature, so every image "
+                              "keeps its probability: --tta and --calibrate apply to the run's own point only")
+        from .evaluation.sites import choose_site_point
+
+        s = choose_site_point(run, data, site, policy, sample, positive=positive, negative=negative or None)
+        console.print(f"site {s.name}: threshold {_threshold_text(s.point.threshold)} ({s.point.policy}, chosen on "
+                      f"{s.sample_images} of its images, {s.point.val_positives} positive); the run's own is "
+                      f"{_threshold_text(s.source.threshold)}. {s.rest_images} images left for `cxrlab evaluate "
+                      f"{run} --data {data}`; `predict --site {s.name}` calls at this threshold.", highlight=False)
+        return
     point = store_operating_point(run, policy, tta, calibrate)
     console.print(f"stored threshold {_threshold_text(point.threshold)} ({point.policy}, chosen on "
                   f"{point.val_images} validation images, {point.val_positives} positive; {point.tta} test-time views"
@@ -324,7 +348,22 @@ def _print_metrics(m: dict, run: Path) -> None:
     which = "the run's stored operating point" if op.get("stored") else "chosen on validation for this evaluation only"
     console.print(f"threshold {_threshold_text(op['threshold'])} ({op['policy']}, {which}); "
                   f"TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}", highlight=False)
+    if "site" in m:
+        _print_site(m)
     console.print(f"wrote {run / 'eval' / m['split']}/")
+
+
+def _print_site(m: dict) -> None:
+    """Sensitivity and specificity at the source site's threshold and at the new site's, side by side."""
+    site, ci = m["site"], m["ci95"]
+    table = Table("threshold", "value", "sensitivity [95% CI]", "specificity [95% CI]",
+                  title=f"at the source's and at site {site['name']}'s threshold ({site['sample_images_left_out']} "
+                        "images of the site's sample left out)")
+    for label, row, cis in (("source site's", m, ci), (f"site {site['name']}'s", site, site["ci95"])):
+        table.add_row(label, _threshold_text(row["threshold"]),
+                      f"{_fmt(row['sensitivity'])} [{_fmt(cis['sensitivity'][0])}-{_fmt(cis['sensitivity'][1])}]",
+                      f"{_fmt(row['specificity'])} [{_fmt(cis['specificity'][0])}-{_fmt(cis['specificity'][1])}]")
+    console.print(table)
 
 
 @app.command()
@@ -427,6 +466,8 @@ def predict(
     heatmaps: Optional[Path] = typer.Option(None, help="Folder for heatmap PNGs and .npy maps."),
     method: str = typer.Option("layercam", help="Heatmap method with --heatmaps (layercam: the measured default)."),
     on_bad_image: str = typer.Option("error", help="error: stop at an unreadable image; skip: leave it out and list it."),
+    site: Optional[str] = typer.Option(None, help="Call at this site's operating point (`cxrlab threshold --data`) "
+                                       "instead of the run's own."),
 ):
     """Score new images with the run's preprocessing and its stored (validation-chosen) threshold."""
     import pandas as pd
@@ -436,7 +477,7 @@ def predict(
 
     if on_bad_image not in ("error", "skip"):
         raise CxrlabError(f"--on-bad-image must be error or skip, got {on_bad_image!r}")
-    predictor = Predictor(run)
+    predictor = Predictor(run, site=site)
     files = expand_paths(paths)
     skipped: list[dict] = []
     with _Bar("predicting") as bar:
@@ -483,7 +524,8 @@ def serve(run: Path = typer.Argument(..., help="A run directory."),
           host: str = typer.Option("127.0.0.1", help="Address to bind (default: this machine only)."),
           port: int = typer.Option(8000), max_upload_mb: float = typer.Option(20.0, help="Upload limit in MB."),
           docs: bool = typer.Option(False, help="Also serve /docs and /redoc (their scripts come from a public CDN: "
-                                    "they need internet). The schema is always at /openapi.json.")):
+                                    "they need internet). The schema is always at /openapi.json."),
+          site: Optional[str] = typer.Option(None, help="Call at this site's operating point (`cxrlab threshold --data`).")):
     """Serve the web page (/), the quiz (/quiz) and the JSON API (/api, schema at /openapi.json)."""
     import uvicorn
 
@@ -491,7 +533,7 @@ def serve(run: Path = typer.Argument(..., help="A run directory."),
 
     console.print(f"cxrlab serving {run} on http://{host}:{port}/  (quiz: /quiz, API schema: /openapi.json"
                   f"{', docs: /docs' if docs else ''})")
-    uvicorn.run(create_app(run, max_upload_mb, docs=docs), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(run, max_upload_mb, docs=docs, site=site), host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from .errors import CxrlabError
 
-NEGATIVE_FALLBACK = "negative"  # the negative class's name when a run does not record one
+NEGATIVE_FALLBACK = "negative"
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # the negative class's name when a run does not record one
 
 MODEL_CARD = {
     "intended_use": "Teaching and research on detecting {positive} on chest X-rays, and comparing methods. "
@@ -28,7 +30,8 @@ MODEL_CARD = {
 @dataclass
 class OperatingPoint:
     """The stored threshold (threshold.json): chosen by `policy` on validation scores made with `tta`
-    test-time views (and calibrated with `temperature` when set)."""
+    test-time views (and calibrated with `temperature` when set). `chosen_on` is "val", or "site:NAME"
+    for a point chosen on a sample of another site's images (val_images / val_positives count those)."""
 
     policy: str
     threshold: float
@@ -161,6 +164,43 @@ class RunDir:
 
     def write_point(self, point: OperatingPoint) -> None:
         atomic_write(self.threshold, json.dumps(point.to_dict(), indent=2).encode())
+
+    # -- operating points chosen on other sites' images ---------------------------------------------------
+    def site_file(self, name: str) -> Path:
+        """sites/<name>.json: an operating point chosen on a labelled sample of a new site's images,
+        the data it came from, and (sites/<name>-sample.csv) the images of that sample."""
+        if not SITE_NAME.fullmatch(name or ""):
+            raise CxrlabError(f"site name {name!r}: use letters, digits, '.', '_' or '-'")
+        return self.path / "sites" / f"{name}.json"
+
+    def site_names(self) -> list[str]:
+        return sorted(p.stem for p in (self.path / "sites").glob("*.json"))
+
+    def write_site(self, name: str, point: OperatingPoint, about: dict, sample_paths: list[str]) -> None:
+        import pandas as pd
+
+        path = self.site_file(name)
+        path.parent.mkdir(exist_ok=True)
+        atomic_write(path.with_name(f"{name}-sample.csv"), pd.DataFrame({"path": sample_paths}).to_csv(index=False).encode())
+        atomic_write(path, json.dumps({"point": point.to_dict(), **about}, indent=2).encode())
+
+    def read_site(self, name: str) -> tuple[OperatingPoint, dict, list[str]]:
+        """(point, what was recorded about the site's data, the sample's image paths)."""
+        import pandas as pd
+
+        path = self.site_file(name)
+        if not path.exists():
+            known = ", ".join(self.site_names()) or "none yet"
+            raise CxrlabError(f"{self.path}: no operating point for site {name!r} (sites: {known}); choose one with "
+                              f"`cxrlab threshold {self.path} --data SITE_DATA --site {name}`")
+        try:
+            about = json.loads(path.read_text())
+            point = OperatingPoint.from_dict(about.pop("point"))
+            sample = pd.read_csv(path.with_name(f"{name}-sample.csv"), dtype={"path": str})["path"].tolist()
+        except (ValueError, TypeError, KeyError, OSError) as exc:
+            raise CxrlabError(f"{path}: not a readable site operating point ({exc}); choose it again "
+                              "with `cxrlab threshold --data`") from None
+        return point, about, sample
 
     def task_names(self) -> tuple[str, str]:
         """(positive, negative) class names: the resolved task in run.json, else config.yaml's."""

@@ -61,6 +61,14 @@ def _grouped_holdout_many(y: np.ndarray, groups: np.ndarray, fraction: float, se
     return pd.Series(groups).isin(np.concatenate(held)).to_numpy()  # hashed; np.isin on strings is quadratic
 
 
+def patient_sample(y: np.ndarray, patients: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of about `fraction` of the images, whole patients only, stratified by label: a
+    labelled sample of a new site to choose a threshold on, the rest left to evaluate on."""
+    if fraction >= 1:
+        return np.ones(len(y), bool)
+    return _grouped_holdout(np.asarray(y).astype(int), np.asarray(patients).astype(str), fraction, seed)
+
+
 def make_split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int,
                val_policy: str = "auto") -> tuple[pd.Series, list[str]]:
     """Assign each row of `frame` (path, patient, y, split given by the source or '') to

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from ..data import load_data
-from ..errors import CxrlabError, DataError
+from ..errors import CxrlabError
 from ..inference import RunModel
 from ..runs import OperatingPoint, RunDir
 from . import plots
 from .calibration import calibration_summary
 from .metrics import binary_metrics, bootstrap_ci, sensitivity_at, specificity_at
+from .sites import leave_out_sample, load_other_data, site_for_data
 
 
 def _json_safe(obj):
@@ -47,27 +47,36 @@ def evaluation_point(model: RunModel, own, policy: str | None, calibrate: bool) 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
                  policy: str | None = None, tta: int | None = None, calibrate: bool = False,
                  n_resamples: int = 1000, seed: int = 0, data_positive: str | None = None,
-                 data_negative: str | list[str] | None = None) -> dict:
+                 data_negative: str | list[str] | None = None, site: str | None = None) -> dict:
     """Evaluate a run on its own `split` (or on every image of another data set `data`, whose labels
     for the run's classes are `data_positive` / `data_negative` when they are named otherwise) and write
     eval/<split>/ into the run directory. Read-only on the run itself: the operating point is the
-    stored one, or one chosen for this evaluation only (see `evaluation_point`). Returns the metrics
+    stored one, or one chosen for this evaluation only (see `evaluation_point`).
+
+    With `data` from a site that has its own operating point (`site`, or the site whose threshold was
+    chosen on a sample of `data`), the sample's images are left out and the metrics at the site's
+    threshold are added beside those at the source's (`metrics["site"]`). Returns the metrics
     dictionary (also metrics.json)."""
     run = RunDir(run_dir)
     if split not in ("test", "val", "all"):
         raise CxrlabError(f"--split must be test, val or all, got {split!r}")
+    if site and data is None:
+        raise CxrlabError("--site names another site's operating point: use it with --data, that site's images")
     model = RunModel(run, tta=tta)
-    cfg = model.config
     own = model.own_data() if data is None else None  # with --data, loaded only if a point must be chosen
     point, stored = evaluation_point(model, own, policy, calibrate)
     model.use_point(point)
+    site_eval = None
     if data is not None:
-        try:
-            other = load_data(data, data_positive or cfg.positive, data_negative or cfg.negative, None, cfg.data)
-        except DataError as exc:
-            raise DataError(f"{data} does not fit this run's task ({model.positive} vs {model.negative}): {exc}. "
-                            "If its labels are named otherwise, pass --positive and --negative with its names.") from None
+        other = load_other_data(model, data, data_positive, data_negative)
         scored, split = model.score_data(other, "all"), "external" if split == "test" else split
+        site = site or site_for_data(run, data)
+        if site:
+            site_point, scored, left_out = leave_out_sample(run, site, scored)
+            if site_point.tta != model.tta or site_point.temperature != model.temperature:
+                raise CxrlabError(f"site {site!r}'s operating point was chosen on scores made otherwise (test-time "
+                                  f"views, temperature) than this evaluation's; choose it again with `cxrlab threshold --data`")
+            site_eval = (site, site_point, left_out)
     else:
         scored = model.score_data(own, split)
     threshold = point.threshold
@@ -80,19 +89,26 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     metrics["split"] = split
     metrics["tta"] = model.tta
     metrics["patients"] = int(pd.Series(patients).nunique())
-    ci = {}
-    for name, fn in (("auc", None), ("sensitivity", sensitivity_at(threshold)), ("specificity", specificity_at(threshold))):
-        kwargs = {"metric": fn} if fn else {}
-        _, low, high = bootstrap_ci(y, score, patients, n_resamples=n_resamples, seed=seed, **kwargs)
-        ci[name] = [low, high]
-    metrics["ci95"] = ci
+    metrics["ci95"] = {"auc": list(bootstrap_ci(y, score, patients, n_resamples=n_resamples, seed=seed)[1:]),
+                       **_call_cis(y, score, patients, threshold, n_resamples, seed)}
+    if site_eval:
+        name, site_point, left_out = site_eval
+        at_site = binary_metrics(y, score, site_point.threshold)
+        metrics["site"] = {"name": name, "operating_point": site_point.to_dict(), "sample_images_left_out": left_out,
+                           **{k: at_site[k] for k in ("threshold", "sensitivity", "specificity", "ppv", "npv",
+                                                     "confusion_matrix")},
+                           "ci95": _call_cis(y, score, patients, site_point.threshold, n_resamples, seed)}
     metrics["ci_method"] = f"percentile bootstrap, {n_resamples} resamples of patients, seed {seed}"
     if len(np.unique(y)) == 2:
         metrics["calibration"] = calibration_summary(y, score)
 
     out = run.eval_dir(split)
     out.mkdir(parents=True, exist_ok=True)
-    scored[["path", "patient", "label", "y", "score", "predicted"]].to_csv(out / "predictions.csv", index=False)
+    columns = ["path", "patient", "label", "y", "score", "predicted"]
+    if site_eval:  # the call at the site's own threshold beside the source's
+        scored["predicted_at_site"] = (scored["score"] >= site_eval[1].threshold).astype(int)
+        columns.append("predicted_at_site")
+    scored[columns].to_csv(out / "predictions.csv", index=False)
     fn_rows = scored[(scored["y"] == 1) & (scored["predicted"] == 0)].sort_values("score")
     fp_rows = scored[(scored["y"] == 0) & (scored["predicted"] == 1)].sort_values("score", ascending=False)
     fn_rows[["path", "patient", "score"]].to_csv(out / "false_negatives.csv", index=False)
@@ -112,7 +128,13 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     if "calibration" in metrics:
         plots.reliability_plot(metrics["calibration"], out / "reliability.png")
     (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
-    return Evaluation(metrics, scored[["path", "patient", "label", "y", "score", "predicted"]], labels)
+    return Evaluation(metrics, scored[columns], labels)
+
+
+def _call_cis(y, score, patients, threshold: float, n_resamples: int, seed: int) -> dict:
+    """Patient-bootstrap 95% CIs of sensitivity and specificity at `threshold`."""
+    return {name: list(bootstrap_ci(y, score, patients, fn(threshold), n_resamples=n_resamples, seed=seed)[1:])
+            for name, fn in (("sensitivity", sensitivity_at), ("specificity", specificity_at))}
 
 
 class Evaluation(dict):

@@ -60,9 +60,11 @@ class RunModel:
 
     tta: test-time views to score with; None: those the stored operating point was chosen on (or the
     run's own setting before one is stored). With other views than the stored point's, the point does
-    not apply (`point` is None) and the threshold is 0.5 until one is chosen for these scores."""
+    not apply (`point` is None) and the threshold is 0.5 until one is chosen for these scores.
+    site: use the operating point chosen for that site (`cxrlab threshold --data --site`) instead."""
 
-    def __init__(self, run_dir: str | Path, device: str = "auto", backend: str = "torch", tta: int | None = None):
+    def __init__(self, run_dir: str | Path, device: str = "auto", backend: str = "torch", tta: int | None = None,
+                 site: str | None = None):
         if backend not in BACKENDS:
             raise CxrlabError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.run = RunDir(run_dir)
@@ -78,7 +80,8 @@ class RunModel:
             accelerate(self.model)  # the same scores, faster (cxrlab.accel)
         self.model.to(self.device, memory_format=torch.channels_last).eval()
         self.positive, self.negative = self.run.task_names()
-        stored = self.run.read_point()
+        stored = self.run.read_site(site)[0] if site else self.run.read_point()
+        self.site = site
         self.tta = (stored.tta if stored else run_tta(self.config)) if tta is None else int(tta)
         self.point = stored if stored is not None and stored.tta == self.tta else None
         self.views = tta_views(self.config.data.augment, self.tta)
@@ -88,8 +91,9 @@ class RunModel:
         self.backend = "onnxruntime" if self.session is not None else "torch"
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto", backend: str = "torch", tta: int | None = None) -> "RunModel":
-        return cls(run_dir, device, backend, tta)
+    def load(cls, run_dir: str | Path, device: str = "auto", backend: str = "torch", tta: int | None = None,
+             site: str | None = None) -> "RunModel":
+        return cls(run_dir, device, backend, tta, site)
 
     # -- the operating point -------------------------------------------------------------------------
     @property
@@ -173,17 +177,19 @@ class RunModel:
         return load_data(cfg.source, cfg.positive, cfg.negative, cfg.images_dir, cfg.data, split_file=self.run.split)
 
     # -- choosing an operating point ------------------------------------------------------------------
-    def choose_point(self, policy: str | None = None, calibrate: bool = False, data=None) -> OperatingPoint:
-        """The threshold of `policy` (and a temperature when `calibrate`) on validation scores made the
-        way this RunModel scores (its views). Returns it; `use_point` applies it, `store_point` keeps it."""
+    def choose_point(self, policy: str | None = None, calibrate: bool = False, data=None,
+                     split: str = "val", chosen_on: str = "val") -> OperatingPoint:
+        """The threshold of `policy` (and a temperature when `calibrate`) on the `split` scores of `data`
+        (the run's own validation split by default) made the way this RunModel scores (its views).
+        Returns it; `use_point` applies it, `store_point` keeps it."""
         data = data if data is not None else self.own_data()
-        val = self.score_data(data, "val", calibrated=False)
+        val = self.score_data(data, split, calibrated=False)
         y, score = val["y"].to_numpy(), val["score"].to_numpy()
         temperature = fit_temperature(y, score) if calibrate else None
         if temperature:
             score = apply_temperature(score, temperature)
         return OperatingPoint(policy or DEFAULT_POLICY, choose_threshold(policy or DEFAULT_POLICY, y, score),
-                              temperature, self.tta, "val", int(len(y)), int(y.sum()))
+                              temperature, self.tta, chosen_on, int(len(y)), int(y.sum()))
 
     def use_point(self, point: OperatingPoint) -> None:
         if point.tta != self.tta:

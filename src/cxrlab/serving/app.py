@@ -129,10 +129,10 @@ class QuizDraws:
 
 
 def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | None = None, docs: bool = False,
-               upload_timeout: float = UPLOAD_TIMEOUT_S) -> FastAPI:
+               upload_timeout: float = UPLOAD_TIMEOUT_S, site: str | None = None) -> FastAPI:
     """docs: serve /docs and /redoc, whose scripts FastAPI loads from a public CDN (blank offline);
-    the OpenAPI schema itself is always at /openapi.json."""
-    predictor = Predictor(run_dir, device="cpu", backend="auto")
+    the OpenAPI schema itself is always at /openapi.json. site: call at that site's operating point."""
+    predictor = Predictor(run_dir, device="cpu", backend="auto", site=site)
     limit = int(max_upload_mb * 1024 * 1024)
     split = predictor.run.read_split()
     quiz = split[split["split"] == "test"].reset_index(drop=True)
