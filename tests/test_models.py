@@ -115,8 +115,37 @@ def test_local_weights_are_loaded(tmp_path):
     model = create_model(ModelSpec("resnet18", image_size=64), weights=tmp_path / "w.safetensors")
     assert torch.equal(model.backbone.conv1.weight, donor.backbone.conv1.weight)
     torch.save({"nothing": torch.zeros(1)}, tmp_path / "foreign.pth")
-    with pytest.raises(CxrlabError, match="none of its tensors match"):
+    with pytest.raises(CxrlabError, match="none of its tensors fit"):
         create_model(ModelSpec("resnet18", image_size=64), weights=tmp_path / "foreign.pth")
+
+
+def test_weight_loading_is_strict_and_reports_what_fitted(tmp_path):
+    """Every backbone tensor must come from the file, or the run starts partly at random without anyone
+    knowing: a missing or reshaped tensor fails, naming it, unless partial weights are allowed."""
+    from safetensors.torch import save_file
+
+    from cxrlab.models.registry import build_model
+
+    spec = ModelSpec("resnet18", image_size=64)
+    donor = create_model(spec).backbone.state_dict()
+    # a whole cxrlab run's weights: the backbone under "backbone.", and a head the backbone does not have
+    whole = {**{f"backbone.{k}": v for k, v in donor.items()}, "head.0.weight": torch.zeros(3, 3)}
+    save_file(whole, str(tmp_path / "run.safetensors"))
+    model, report = build_model(spec, weights=tmp_path / "run.safetensors")
+    counted = [k for k in donor if not k.endswith("num_batches_tracked")]
+    assert report.complete and report.prefix == "backbone." and report.matched == len(counted)
+    assert report.unexpected == ["head.0.weight"] and torch.equal(model.backbone.conv1.weight, donor["conv1.weight"])
+    partial = {k: v for k, v in donor.items() if k != "layer4.1.bn2.weight"}
+    partial["conv1.weight"] = torch.zeros(64, 1, 3, 3)  # another shape: another stem
+    save_file(partial, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(CxrlabError, match=r"1 missing \(layer4.1.bn2.weight\), 1 of another shape \(conv1.weight\)"
+                                          r".*--allow-partial-weights"):
+        build_model(spec, weights=tmp_path / "partial.safetensors")
+    fresh = create_model(spec).backbone.conv1.weight.detach().clone()
+    model, report = build_model(spec, weights=tmp_path / "partial.safetensors", allow_partial=True)
+    assert not report.complete and report.matched == len(counted) - 2
+    assert torch.equal(model.backbone.layer1[0].conv1.weight, donor["layer1.0.conv1.weight"])
+    assert model.backbone.conv1.weight.shape == fresh.shape  # the reshaped tensor stayed at random
 
 
 @pytest.mark.parametrize("name", ["resnet18", "seed-cnn"])

@@ -165,7 +165,7 @@ def test_numpy_and_torch_normalisation_agree():
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, (5, 40, 40), dtype=np.uint8)
     batch[0] = 7  # a blank image stays 0 in both
-    for mode, channels in (("standardize", 1), ("standardize", 3), ("unit", 1), ("imagenet", 3)):
+    for mode, channels in (("standardize", 1), ("standardize", 3), ("unit", 1), ("imagenet", 3), ("xrv", 1)):
         ref = normalize(torch.from_numpy(batch).unsqueeze(1), mode, channels).numpy()
         assert np.abs(normalize_array(batch, mode, channels) - ref).max() < 1e-5, mode
 

@@ -157,8 +157,12 @@ def train(
     images: Optional[Path] = typer.Option(None, help="Images folder for a CSV."),
     split_file: Optional[Path] = typer.Option(None, help="Reuse a split.csv (e.g. from another run)."),
     model: Optional[str] = typer.Option(None, help="seed-cnn-bn (default), seed-cnn (the lesson's), kaggle-cnn, or a timm name."),
-    pretrained: Optional[str] = typer.Option(None, help="imagenet: timm's pretrained weights (internet once)."),
-    weights: Optional[Path] = typer.Option(None, help="Local backbone weights (.safetensors / .pth)."),
+    pretrained: Optional[str] = typer.Option(None, help="imagenet: timm's pretrained weights; xrv:NAME (e.g. "
+                                             "xrv:densenet121-res224-all): torchxrayvision's chest X-ray DenseNet at its "
+                                             "own 224 px and intensity range (pip install 'cxrlab[xrv]'). Internet once."),
+    weights: Optional[Path] = typer.Option(None, help="Local backbone weights (.safetensors / .pth), loaded strictly."),
+    allow_partial_weights: Optional[bool] = typer.Option(None, "--allow-partial-weights", help="Train even when some "
+                                                         "backbone tensors are not in the weights (they start at random)."),
     init_from: Optional[Path] = typer.Option(None, help="Start from the backbone of an earlier run."),
     trainable_blocks: Optional[int] = typer.Option(None, help="0: frozen backbone; N: train its last N stages."),
     epochs: Optional[int] = typer.Option(None, help="At most this many epochs (default 40)."),
@@ -233,7 +237,7 @@ def train(
                   f"{'stopped early; ' if run.stopped_early else ''}run directory: {run.dir.path}")
 
 
-_TRAIN_FLAGS = {"positive", "images", "split_file", "model", "pretrained", "weights", "init_from",
+_TRAIN_FLAGS = {"positive", "images", "split_file", "model", "pretrained", "weights", "allow_partial_weights", "init_from",
                 "trainable_blocks", "epochs", "max_train_images", "batch_size", "lr", "weight_decay", "grad_clip", "ema_decay",
                 "dropout", "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "seed", "shuffle_labels",
                 "deterministic", "device", "precision", "workers", "decode_workers", "devices", "finetune_epochs", "finetune_blocks",

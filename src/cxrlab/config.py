@@ -11,7 +11,11 @@ import yaml
 
 from .errors import ConfigError
 
-NORMALIZATIONS = ("standardize", "unit", "imagenet")
+NORMALIZATIONS = ("standardize", "unit", "imagenet", "xrv")
+# torchxrayvision's DenseNet-121 weights cxrlab can start from (`--pretrained xrv:NAME`): all take one
+# channel at 224 px in [-1024, 1024], which `xrv` normalisation gives (the library's own `normalize`)
+XRV_WEIGHTS = {f"densenet121-res224-{name}": 224 for name in ("all", "nih", "pc", "chex", "rsna", "mimic_nb", "mimic_ch")}
+XRV_MODEL = "xrv-densenet121"
 SPLIT_SCHEMES = ("70-15-15", "lesson")
 BAD_IMAGE_POLICIES = ("error", "skip")
 VAL_POLICIES = ("auto", "keep", "resplit")
@@ -132,8 +136,11 @@ class TrainConfig:
     images_dir: str | None = None
     split_file: str | None = None
     model: str = "seed-cnn-bn"  # cxrlab's default recipe; the lesson's network is "seed-cnn"
-    pretrained: str | None = None  # "imagenet" (timm backbones, needs internet once)
+    # "imagenet" (timm backbones), or "xrv:NAME" (torchxrayvision's chest X-ray DenseNet, which sets the
+    # model, the image size and the normalisation to its own); both need internet once
+    pretrained: str | None = None
     weights: str | None = None  # local backbone weights (.safetensors or a torch state dict)
+    allow_partial_weights: bool = False  # train even when some backbone tensors are not in the weights
     init_from: str | None = None  # a run directory whose backbone to start from
     trainable_blocks: int | None = None  # None: all; 0: frozen backbone; N: last N stages
     finetune_epochs: int = 0  # second phase (the seeds' two-phase schedule); 0 = none
@@ -192,6 +199,13 @@ class TrainConfig:
             raise ConfigError(f"data must be a mapping of data settings, got {self.data!r}")
         if isinstance(self.negative, str):
             self.negative = [self.negative]
+        if self.pretrained not in (None, "imagenet") and not str(self.pretrained).startswith("xrv:"):
+            raise ConfigError(f"pretrained must be imagenet or xrv:NAME ({', '.join(XRV_WEIGHTS)}); got {self.pretrained!r}")
+        if self.pretrained and self.pretrained.startswith("xrv:"):
+            # the network's own preprocessing, recorded so that every later command reads images the same way
+            self.model = XRV_MODEL
+            self.data.image_size = XRV_WEIGHTS.get(self.pretrained[4:], 224)
+            self.data.normalization = "xrv"
         _check_choice("monitor", self.monitor, MONITORS)
         _check_choice("precision", self.precision, PRECISIONS)
         if int(self.max_train_images) < 0:

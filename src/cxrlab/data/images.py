@@ -248,7 +248,7 @@ def read_image(path: str, size: int | None = None) -> tuple[np.ndarray, ImageInf
 def normalize_array(pixels: np.ndarray, mode: str, channels: int = 1) -> np.ndarray:
     """uint8 N x H x W -> float32 N x C x H x W, as `cxrlab.data.preprocess.normalize` does on tensors
     (equal within 1e-5, tested): standardize (per image, zero mean and unit sample std; a blank image
-    stays 0), unit ([0, 1]) or imagenet ([0, 1] on 3 channels, ImageNet mean/std)."""
+    stays 0), unit ([0, 1]), imagenet ([0, 1] on 3 channels, ImageNet mean/std) or xrv ([-1024, 1024])."""
     x = np.asarray(pixels, np.float32)[:, None]
     if mode == "standardize":
         flat = x.reshape(len(x), -1)
@@ -256,6 +256,8 @@ def normalize_array(pixels: np.ndarray, mode: str, channels: int = 1) -> np.ndar
         centred = flat - mean[:, None]
         var = np.einsum("ij,ij->i", centred, centred) / max(flat.shape[1] - 1, 1)
         x = (centred / np.maximum(np.sqrt(var), 255e-6)[:, None]).reshape(x.shape).astype(np.float32)
+    elif mode == "xrv":
+        x = x * np.float32(2048.0 / 255.0) - np.float32(1024.0)
     elif mode in ("unit", "imagenet"):
         x = x / np.float32(255.0)
         if mode == "imagenet":

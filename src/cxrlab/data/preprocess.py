@@ -13,11 +13,14 @@ def normalize(batch: torch.Tensor, mode: str, channels: int = 1) -> torch.Tensor
     """uint8 N x 1 x H x W -> float32 N x C x H x W.
 
     standardize: each image to zero mean, unit variance (the lesson's per-image standardisation);
-    unit: [0, 1]; imagenet: [0, 1], replicated to 3 channels, ImageNet mean/std (pretrained backbones).
+    unit: [0, 1]; imagenet: [0, 1], replicated to 3 channels, ImageNet mean/std (pretrained backbones);
+    xrv: [-1024, 1024], torchxrayvision's range (its chest X-ray weights).
     """
     if mode == "standardize":
         x = _standardize(batch.float())
         return x.expand(-1, channels, -1, -1).contiguous() if channels != 1 else x
+    if mode == "xrv":  # torchxrayvision's `normalize(img, 255)`: [0, 255] -> [-1024, 1024]
+        return batch.float().mul_(2048.0 / 255.0).sub_(1024.0).expand(-1, channels, -1, -1).contiguous()
     x = batch.float().div_(255.0)
     if mode == "imagenet":
         x = x.expand(-1, 3, -1, -1)

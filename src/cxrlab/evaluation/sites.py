@@ -75,7 +75,7 @@ def choose_site_point(run_dir: str | Path, data: str | Path, site: str | None = 
     except CxrlabError as exc:
         raise CxrlabError(f"{data}: the site's sample ({len(chosen)} images): {exc}") from None
     point = OperatingPoint(policy, threshold, source.temperature, source.tta, f"site:{name}",
-                           int(len(chosen)), int(chosen["y"].sum()))
+                           len(chosen), int(chosen["y"].sum()))
     about = {"data": str(Path(data).resolve()), "sample_fraction": sample, "seed": seed,
              "labels": {"positive": positive or model.positive, "negative": negative or model.negative},
              "source_point": source.to_dict()}

@@ -1,4 +1,5 @@
-"""`create_model(name, ...)`: the lesson's networks by name, any other name goes to timm."""
+"""`create_model(spec, ...)`: the lesson's networks by name, torchxrayvision's chest X-ray DenseNet, any
+other name goes to timm."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import XRV_MODEL
 from ..errors import ConfigError, CxrlabError
 from .seed_cnn import KaggleCNN, SeedCNN
 
-OWN_MODELS = {"seed-cnn", "seed-cnn-bn", "kaggle-cnn"}
+OWN_MODELS = {"seed-cnn", "seed-cnn-bn", "kaggle-cnn", XRV_MODEL}
 TIMM_EXAMPLES = ["resnet18", "resnet50", "densenet121", "efficientnet_b0", "mobilenetv3_large_100", "vgg16"]
 
 
@@ -62,33 +64,100 @@ class TimmClassifier(nn.Module):
         return self.head(self.forward_features(x))
 
 
-def create_model(spec: ModelSpec, pretrained: str | None = None, weights: str | Path | None = None) -> nn.Module:
-    """Build the model of `spec`. `pretrained='imagenet'` loads timm's weights (needs internet once);
-    `weights` loads a local state dict into the backbone without executing code from the file."""
+@dataclass
+class WeightReport:
+    """How a weights file fitted the backbone it was loaded into: tensors matched by name and shape,
+    the backbone's tensors it lacked (missing) or had in another shape, and its tensors the backbone
+    does not have (unexpected: e.g. the source model's own classifier, which cxrlab replaces)."""
+
+    source: str
+    matched: int
+    missing: list[str]
+    mismatched: list[str]
+    unexpected: list[str]
+    prefix: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.mismatched
+
+    def text(self) -> str:
+        def some(names):
+            return f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
+        return (f"{self.matched} tensors matched, {len(self.missing)} missing{some(self.missing)}, "
+                f"{len(self.mismatched)} of another shape{some(self.mismatched)}, "
+                f"{len(self.unexpected)} unexpected{some(self.unexpected)}")
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "matched": self.matched, "missing": self.missing,
+                "mismatched": self.mismatched, "unexpected": self.unexpected, "prefix": self.prefix}
+
+
+def _counted(names) -> set[str]:
+    # BatchNorm's step counter is bookkeeping, not a weight: old files lack it, and it never fails a load
+    return {n for n in names if not n.endswith("num_batches_tracked")}
+
+
+def load_backbone_weights(target: nn.Module, state: dict, source: str, allow_partial: bool = False) -> WeightReport:
+    """Load `state` into `target` strictly: every tensor of `target` must be in `state` with its shape,
+    unless `allow_partial`. A common prefix (`features.` of a torchxrayvision state dict, `backbone.` of a
+    cxrlab run, `module.` of DDP) is stripped when that is what makes the names match."""
+    own = target.state_dict()
+    prefix = max(("", "features.", "backbone.", "module.", "model."),
+                 key=lambda p: sum(k[len(p):] in own for k in state if k.startswith(p)))
+    renamed = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+    fits = {k for k in _counted(renamed) & set(own) if tuple(renamed[k].shape) == tuple(own[k].shape)}
+    report = WeightReport(str(source), len(fits), sorted(_counted(own) - set(renamed)),
+                          sorted(k for k in _counted(renamed) & set(own) if k not in fits),
+                          sorted(_counted(renamed) - set(own)), prefix)
+    if not fits:
+        raise CxrlabError(f"{source}: none of its tensors fit this backbone ({report.text()}); is it another architecture?")
+    if not report.complete and not allow_partial:
+        raise CxrlabError(f"{source}: does not fit every backbone tensor: {report.text()}. Pass "
+                          "--allow-partial-weights to train with the tensors that fit (the rest start at random).")
+    target.load_state_dict({k: renamed[k] for k in fits | (set(renamed) & set(own) - _counted(own))}, strict=False)
+    return report
+
+
+def build_model(spec: ModelSpec, pretrained: str | None = None, weights: str | Path | None = None,
+                allow_partial: bool = False) -> tuple[nn.Module, WeightReport | None]:
+    """The model of `spec` and, when weights were loaded into its backbone, how they fitted.
+    `pretrained='imagenet'`: timm's weights (needs internet once); `'xrv:NAME'`: torchxrayvision's chest
+    X-ray weights (internet once, or `weights` a local copy); `weights`: a local state dict for the
+    backbone, read without executing code from the file, strictly (see `load_backbone_weights`)."""
+    from .xrv import XrvClassifier, download_xrv_state, xrv_name
+
+    if pretrained not in (None, "imagenet") and not str(pretrained).startswith("xrv:"):
+        raise ConfigError(f"--pretrained must be imagenet or xrv:NAME, got {pretrained!r}")
+    xrv = bool(pretrained and pretrained.startswith("xrv:"))
+    if xrv and spec.name != XRV_MODEL:
+        raise ConfigError(f"--pretrained {pretrained} builds {XRV_MODEL}, not {spec.name}")
+    if pretrained == "imagenet" and spec.name in OWN_MODELS:
+        raise ConfigError(f"{spec.name} has no pretrained weights; use a timm backbone such as resnet18")
     if spec.name in ("seed-cnn", "seed-cnn-bn"):
         model: nn.Module = SeedCNN(spec.in_chans, batch_norm=spec.name.endswith("-bn"), dropout=spec.dropout)
     elif spec.name == "kaggle-cnn":
         model = KaggleCNN(spec.in_chans, spec.image_size)
+    elif spec.name == XRV_MODEL:
+        model = XrvClassifier(spec.head_hidden, spec.dropout)
     else:
         model = TimmClassifier(spec.name, spec.in_chans, pretrained == "imagenet", spec.head_hidden, spec.dropout)
-    if pretrained not in (None, "imagenet"):
-        raise ConfigError(f"--pretrained must be 'imagenet' or omitted, got {pretrained!r}")
-    if pretrained and spec.name in OWN_MODELS:
-        raise ConfigError(f"{spec.name} has no pretrained weights; use a timm backbone such as resnet18")
+    target = model.backbone if hasattr(model, "backbone") else model
+    report = None
     if weights:
         from ..checkpoint import load_state_dict
 
-        target = model.backbone if isinstance(model, TimmClassifier) else model
-        state = load_state_dict(weights)
-        if not set(state) & set(target.state_dict()):
-            raise CxrlabError(f"{weights}: none of its tensors match {spec.name}'s backbone "
-                              f"(e.g. it has {next(iter(state), 'nothing')}).")
-        try:
-            target.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatches: another architecture or in_chans
-            raise CxrlabError(f"{weights}: does not fit {spec.name} (in_chans={spec.in_chans}): "
-                              f"{str(exc).splitlines()[-1].strip()}") from None
-    return model
+        report = load_backbone_weights(target, load_state_dict(weights), weights, allow_partial)
+    elif xrv:
+        name = xrv_name(pretrained)
+        report = load_backbone_weights(target, download_xrv_state(name), f"torchxrayvision {name}", allow_partial)
+    return model, report
+
+
+def create_model(spec: ModelSpec, pretrained: str | None = None, weights: str | Path | None = None,
+                 allow_partial: bool = False) -> nn.Module:
+    """`build_model` without the report."""
+    return build_model(spec, pretrained, weights, allow_partial)[0]
 
 
 def check_input_size(model: nn.Module, spec: ModelSpec) -> None:
@@ -108,7 +177,7 @@ def check_input_size(model: nn.Module, spec: ModelSpec) -> None:
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
-    return model.backbone if isinstance(model, TimmClassifier) else model.features
+    return model.backbone if hasattr(model, "backbone") else model.features
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -18,7 +18,6 @@ from torch import nn
 
 from ..accel import plain
 from ..errors import ConfigError
-from ..models.registry import TimmClassifier
 from ..models.seed_cnn import SeedCNN
 
 from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, GradCAM, GradCAMElementWise,
@@ -116,7 +115,7 @@ def default_target_layer(model: nn.Module, image_size: int | None = None) -> nn.
     """The layer maps come from by default: the seed CNNs' conv block with 8 x 8 maps at `image_size`
     (see above), else the last convolutional block (a timm backbone's last feature stage: not measured
     against boxes here)."""
-    if isinstance(model, TimmClassifier):
+    if hasattr(model, "backbone"):  # timm's and torchxrayvision's backbones list their stages
         info = getattr(model.backbone, "feature_info", None)
         if info is not None:
             return model.backbone.get_submodule(info[-1]["module"])

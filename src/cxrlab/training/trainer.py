@@ -31,7 +31,7 @@ from ..data.dataset import make_collate
 from ..device import autocast, select_device
 from ..errors import CxrlabError
 from ..models import count_parameters, create_model, model_spec
-from ..models.registry import backbone_of, check_input_size
+from ..models.registry import backbone_of, build_model, check_input_size
 from ..models.transfer import freeze_bn_stats, set_trainable_blocks
 from ..runs import RunDir, WriteError, atomic_write
 from . import dist as distributed
@@ -195,7 +195,9 @@ class _Loop:
         self.device = select_device(cfg.device)
         if ctx.active and self.device.type == "cuda":
             self.device = torch.device("cuda", ctx.local_rank)  # one GPU per process
-        self.model = create_model(self.spec, cfg.pretrained, cfg.weights)
+        self.model, self.weights_report = build_model(self.spec, cfg.pretrained, cfg.weights, cfg.allow_partial_weights)
+        if self.weights_report and self.on_note:
+            self.on_note(f"weights {self.weights_report.source}: {self.weights_report.text()}")
         check_input_size(self.model, self.spec)
         if cfg.init_from:
             _init_from_run(self.model, cfg.init_from)
@@ -498,6 +500,7 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
     frame = data.frame
     info = {
         "task": data.task.to_dict(), "source": str(cfg.source), "model": loop.spec.__dict__,
+        "weights_loaded": loop.weights_report.to_dict() if loop.weights_report else None,
         "parameters": count_parameters(loop.model), "trainable_parameters": count_parameters(loop.model, True),
         "counts": {s: {"images": int((frame["split"] == s).sum()),
                        "positives": int(frame.loc[frame["split"] == s, "y"].sum()),
