@@ -472,6 +472,8 @@ def predict(
     on_bad_image: str = typer.Option("error", help="error: stop at an unreadable image; skip: leave it out and list it."),
     site: Optional[str] = typer.Option(None, help="Call at this site's operating point (`cxrlab threshold --data`) "
                                        "instead of the run's own."),
+    dicom_out: Optional[Path] = typer.Option(None, help="Folder for DICOM results: per input DICOM, a Structured Report "
+                                             "and a heatmap Secondary Capture in its study (new series)."),
 ):
     """Score new images with the run's preprocessing and its stored (validation-chosen) threshold."""
     import pandas as pd
@@ -487,7 +489,7 @@ def predict(
     with _Bar("predicting") as bar:
         results = []
         for i in range(0, len(files), 32):
-            results += predictor.predict_paths(files[i:i + 32], method if heatmaps else None,
+            results += predictor.predict_paths(files[i:i + 32], method if heatmaps or dicom_out else None,
                                                skipped=skipped if on_bad_image == "skip" else None)
             bar(len(results) + len(skipped), len(files))
     for item in skipped:
@@ -511,6 +513,13 @@ def predict(
                           [None] * len(results), {method: np.stack([r.heatmap for r in results])})
         save_explanation(exp, heatmaps, predictor.positive)
         console.print(f"wrote heatmaps to {heatmaps}/")
+    if dicom_out:
+        from .serving.dicom_out import write_dicom_results
+
+        written, not_dicom = write_dicom_results(predictor, results, dicom_out)
+        for path in not_dicom:
+            console.print(f"[yellow]no DICOM result[/] for {path}: not a DICOM file", highlight=False)
+        console.print(f"wrote {len(written)} Structured Report(s) and heatmap Secondary Capture(s) to {dicom_out}/")
 
 
 @app.command()

@@ -221,6 +221,11 @@ def _finish(arr: np.ndarray, name: str, size: int | None) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
+def is_dicom(name: str, head: bytes) -> bool:
+    """A .dcm/.dicom name, or the 'DICM' marker after the 128-byte preamble (`head`: the first 132 bytes)."""
+    return Path(name).suffix.lower() in DICOM_SUFFIXES or head[128:132] == b"DICM"
+
+
 def decode_image(data: bytes, name: str, size: int | None = None) -> tuple[np.ndarray, ImageInfo]:
     """Decode image bytes (PNG, JPEG, TIFF, BMP or DICOM) to uint8 grayscale, resized to size x size
     when given. `name` is what errors name (and a .dcm suffix marks DICOM without a preamble)."""
@@ -228,8 +233,7 @@ def decode_image(data: bytes, name: str, size: int | None = None) -> tuple[np.nd
         if not data:
             raise ValueError("the file is empty (0 bytes)")
         sha = hashlib.sha1(data).hexdigest()
-        is_dicom = Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM"
-        arr, w, h, mode = _decode_dicom(data, name) if is_dicom else _decode_pil(data, size)
+        arr, w, h, mode = _decode_dicom(data, name) if is_dicom(name, data[:132]) else _decode_pil(data, size)
     return _finish(arr, name, size), ImageInfo(w, h, mode, sha)
 
 
