@@ -154,12 +154,22 @@ def test_non_image_and_multi_frame_dicom_are_refused_by_name(name, reason):
         read_image(_pydicom_file(name), 64)
 
 
-def test_every_pydicom_test_file_decodes_or_is_refused_with_a_reason():
-    """No DICOM file, however broken, gets past the reader as anything but pixels or an ImageReadError."""
+def _pydicom_data_folder():
+    """The pydicom-data package's files (pip install pydicom-data; the dev extra has it)."""
+    import os
+
+    data_store = pytest.importorskip("data_store", reason="pydicom-data is not installed")
+    return os.path.join(os.path.dirname(data_store.__file__), "data")
+
+
+@pytest.mark.parametrize("source", ["pydicom", "pydicom-data"])
+def test_every_pydicom_test_file_decodes_or_is_refused_with_a_reason(source):
+    """No DICOM file, however broken, gets past the reader as anything but pixels or an ImageReadError
+    (BENCHMARKS.md's table: benchmarks/dicom_files.py)."""
     import glob
     import os
 
-    folder = os.path.dirname(_pydicom_file("CT_small.dcm"))
+    folder = os.path.dirname(_pydicom_file("CT_small.dcm")) if source == "pydicom" else _pydicom_data_folder()
     outcomes = {}
     for path in sorted(glob.glob(os.path.join(folder, "*.dcm"))):
         try:
@@ -170,6 +180,23 @@ def test_every_pydicom_test_file_decodes_or_is_refused_with_a_reason():
             assert exc.path == path and exc.reason
             outcomes[os.path.basename(path)] = exc.reason
     assert sum(v == "decoded" for v in outcomes.values()) >= 40, outcomes
+    if source == "pydicom-data":
+        assert outcomes["OT-PAL-8-face.dcm"] == "decoded"  # no file meta at all: read as the old files it is
+        assert "truncated" in outcomes["emri_small_jpeg_2k_lossless_too_short.dcm"]
+
+
+@pytest.mark.parametrize("name", ["RG1", "RG3"])
+def test_real_computed_radiographs_decode_the_same_compressed_and_not(name):
+    """pydicom-data's CR images (MONOCHROME1): JPEG 2000 lossless gives exactly the uncompressed pixels,
+    lossy JPEG 2000 nearly; all with the file's own intensity mapping (dark lungs stay dark)."""
+    import os
+
+    folder = _pydicom_data_folder()
+    plain, _ = read_image(os.path.join(folder, f"{name}_UNCR.dcm"), 256)
+    lossless, info = read_image(os.path.join(folder, f"{name}_J2KR.dcm"), 256)
+    lossy, _ = read_image(os.path.join(folder, f"{name}_J2KI.dcm"), 256)
+    assert np.array_equal(plain, lossless) and "MONOCHROME1" in info.mode
+    assert np.abs(plain.astype(int) - lossy).mean() < 2 and plain.std() > 20
 
 
 # -- the intensities the file means (issue 22): one fixed mapping per file, never a per-image stretch ----------

@@ -109,8 +109,17 @@ def _decode_dicom(data: bytes, name: str) -> tuple[np.ndarray, int, int, str]:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    ds = pydicom.dcmread(io.BytesIO(data))
+    # a .dcm file without the preamble and 'DICM' marker: an older DICOM file with no file meta, read as such
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM")
+    if "TransferSyntaxUID" not in ds.file_meta and ds.original_encoding[0] is not None:
+        implicit, little = ds.original_encoding  # what reading it found: the pixels are encoded the same way
+        ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit else
+                                          pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian)
     if not any(tag in ds for tag in PIXEL_TAGS):
+        if "Rows" in ds or any("End of file" in str(w.message) for w in caught):
+            raise ImageReadError(name, "a DICOM file that ends before its pixel data: it looks truncated")
         kind = getattr(getattr(ds, "SOPClassUID", None), "name", None) or f"Modality {ds.get('Modality', 'unknown')}"
         raise ImageReadError(name, f"a DICOM file without pixel data ({kind}): not an image cxrlab can read")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
