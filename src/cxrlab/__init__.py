@@ -6,6 +6,8 @@
     metrics = cxrlab.evaluate("runs/effusion")
     search = cxrlab.tune("chest_xrays", positive="effusion", space="default", trials=24, out="tune/effusion")
     maps = cxrlab.explain("runs/effusion", ["chest_xrays/effusion/00000013_005.png"], ["gradcam"]).maps
+    site = cxrlab.choose_site_point("runs/effusion", "hospital-b", policy="sensitivity:0.95")
+    both = cxrlab.evaluate("runs/effusion", data="hospital-b")   # both["site"]: at the site's threshold
 """
 
 from importlib import import_module
@@ -18,7 +20,8 @@ _EXPORTS = {
     "load_data": ".data", "LoadedData": ".data", "DataConfig": ".config", "AugmentConfig": ".config",
     "train": ".training", "TrainConfig": ".config", "Run": ".training", "load_run": ".training", "evaluate": ".evaluation.evaluate",
     "explain": ".saliency", "CxrlabError": ".errors", "DataError": ".errors", "ImageReadError": ".errors",
-    "ConfigError": ".errors", "tune": ".tuning", "TuneResult": ".tuning",
+    "ConfigError": ".errors", "tune": ".tuning", "TuneResult": ".tuning", "RunModel": ".inference",
+    "choose_site_point": ".evaluation.sites",
 }
 __all__ = list(_EXPORTS)
 
