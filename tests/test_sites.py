@@ -75,6 +75,7 @@ def test_evaluate_on_the_site_reports_both_thresholds_on_the_images_left_out(run
         for name in ("sensitivity", "specificity"):
             low, high = row["ci95"][name] if row is site else m["ci95"][name]
             assert low <= row[name] <= high and low < high
+    assert "at site hospital-b" in m._repr_html_()  # the notebook view shows both
 
 
 def test_site_errors_are_clear(run, site_data):

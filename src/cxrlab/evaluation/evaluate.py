@@ -160,6 +160,12 @@ class Evaluation(dict):
                 ["specificity", display.ci(self["specificity"], *ci["specificity"])],
                 ["accuracy (majority-class rate)", f"{self['accuracy']:.3f} ({self['majority_rate']:.3f})"],
                 ["PPV / NPV", f"{self['ppv']:.3f} / {self['npv']:.3f}"]]
+        if "site" in self:  # the new site's own threshold beside the source's, on the images left out
+            site = self["site"]
+            rows += [[f"sensitivity at site {site['name']}'s threshold {site['threshold']:.4g}",
+                      display.ci(site["sensitivity"], *site["ci95"]["sensitivity"])],
+                     [f"specificity at site {site['name']}'s threshold",
+                      display.ci(site["specificity"], *site["ci95"]["specificity"])]]
         negative, positive = self.labels
         confusion = [[f"true {negative}", cm["tn"], cm["fp"]], [f"true {positive}", cm["fn"], cm["tp"]]]
         return (display.heading(f"{self['split']}: {self['n']} images ({self['positives']} {positive}), "
