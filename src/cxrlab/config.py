@@ -133,6 +133,9 @@ class TrainConfig:
     source: str = ""
     positive: str | None = None
     negative: list[str] | None = None
+    # multi-label: these findings scored at once, or ["all"] (every finding of the data); None: the binary task.
+    # A run records the resolved list, in the order of the model's outputs
+    findings: list[str] | None = None
     images_dir: str | None = None
     split_file: str | None = None
     model: str = "seed-cnn-bn"  # cxrlab's default recipe; the lesson's network is "seed-cnn"
@@ -199,6 +202,12 @@ class TrainConfig:
             raise ConfigError(f"data must be a mapping of data settings, got {self.data!r}")
         if isinstance(self.negative, str):
             self.negative = [self.negative]
+        if isinstance(self.findings, str):  # "all" or "Effusion,Pneumonia" from the command line
+            self.findings = [f.strip() for f in self.findings.split(",") if f.strip()]
+        if self.findings is not None and not self.findings:
+            raise ConfigError("findings must name at least one finding, or be 'all'")
+        if self.findings and (self.positive or self.negative):
+            raise ConfigError("give positive/negative (one binary task) or findings (several at once), not both")
         if self.pretrained not in (None, "imagenet") and not str(self.pretrained).startswith("xrv:"):
             raise ConfigError(f"pretrained must be imagenet or xrv:NAME ({', '.join(XRV_WEIGHTS)}); got {self.pretrained!r}")
         if self.pretrained and self.pretrained.startswith("xrv:"):

@@ -40,6 +40,8 @@ class OperatingPoint:
     chosen_on: str = "val"
     val_images: int = 0
     val_positives: int = 0
+    # multi-label: one threshold per finding, chosen on its labelled validation images (`threshold` unused)
+    thresholds: dict[str, float] | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "OperatingPoint":

@@ -16,7 +16,7 @@ from .cache import ImageCache
 from .dataset import XrayDataset
 from .sources import Manifest, read_source
 from .split import load_split, make_split, save_split
-from .tasks import Task, label_frame, make_task
+from .tasks import MultiLabelTask, Task, label_frame, make_multilabel_task, make_task, multilabel_frame
 
 __all__ = ["LoadedData", "load_data", "Manifest", "Task", "read_source", "make_task", "save_split"]
 
@@ -27,7 +27,7 @@ class LoadedData:
     patient_source, split, and y when there is a task); `row` indexes `images` (N x S x S uint8)."""
 
     manifest: Manifest
-    task: Task | None
+    task: Task | MultiLabelTask | None
     frame: pd.DataFrame
     images: np.ndarray
     info: pd.DataFrame
@@ -66,14 +66,28 @@ class LoadedData:
                 + display.table(["split", *counts.columns], rows) + notes
                 + display.figure(self.plot(per_class=4), width=520))
 
+    @property
+    def multilabel(self) -> bool:
+        return isinstance(self.task, MultiLabelTask)
+
     def indices(self, split: str) -> np.ndarray:
         return self.frame.loc[self.frame["split"] == split, "row"].to_numpy()
+
+    def targets(self) -> np.ndarray:
+        """Labels by image row: N (0/1) for a binary task, N x K (0/1, NaN unknown) for a multi-label one."""
+        rows = self.frame["row"].to_numpy()
+        if self.multilabel:
+            labels = np.full((len(self.images), len(self.task.findings)), np.nan, np.float32)
+            labels[rows] = self.frame[self.task.columns].to_numpy(np.float32)
+            return labels
+        labels = np.zeros(len(self.images), np.float32)
+        labels[rows] = self.frame["y"].to_numpy()
+        return labels
 
     def dataset(self, split: str, augment: bool = False) -> XrayDataset:
         if self.task is None:
             raise DataError("no task: pass --positive (and --negative) to choose the classes")
-        labels = np.zeros(len(self.images), np.float32)
-        labels[self.frame["row"].to_numpy()] = self.frame["y"].to_numpy()
+        labels = self.targets()
         transform = build_augment(self.config.augment) if augment else None
         return XrayDataset(self.images, labels, self.indices(split), transform)
 
@@ -96,10 +110,39 @@ def _keep_views(frame: pd.DataFrame, views: list[str], source: str) -> tuple[pd.
     return frame[keep.to_numpy()].reset_index(drop=True), note
 
 
+FEW_POSITIVE_PATIENTS = 5  # below this, a finding's validation or test AUC says little
+
+
+def finding_counts(frame: pd.DataFrame, task: MultiLabelTask) -> pd.DataFrame:
+    """Per finding and split: positive images and positive patients (what a multi-label summary shows)."""
+    columns = pd.MultiIndex.from_product([("train", "val", "test"), ("images", "patients")])
+    table = pd.DataFrame(0, index=pd.Index(task.findings, name="finding"), columns=columns)
+    for finding, column in zip(task.findings, task.columns):
+        for split in ("train", "val", "test"):
+            part = frame[(frame["split"] == split) & (frame[column] == 1)]
+            table.loc[finding, (split, "images")] = len(part)
+            table.loc[finding, (split, "patients")] = part["patient"].nunique()
+    return table
+
+
+def _few_positive_patients(frame: pd.DataFrame, task: MultiLabelTask) -> list[str]:
+    counts = finding_counts(frame, task)
+    notes = []
+    for split in ("val", "test"):
+        few = counts[(split, "patients")]
+        few = few[few < FEW_POSITIVE_PATIENTS]
+        if len(few):
+            notes.append(f"fewer than {FEW_POSITIVE_PATIENTS} positive patients in {split} for "
+                         + ", ".join(f"{f} ({n})" for f, n in few.items())
+                         + f": their {split} AUC has a very wide interval, or none")
+    return notes
+
+
 def load_data(source: str | Path, positive: str | None = None, negative: str | list[str] | None = None,
               images_dir: str | Path | None = None, config: DataConfig | None = None,
               split_file: str | Path | None = None,
-              progress: Callable[[int, int], None] | None = None) -> LoadedData:
+              progress: Callable[[int, int], None] | None = None,
+              findings: str | list[str] | None = None) -> LoadedData:
     """Read `source`, choose the task, decode (or reuse) the cached images, and split by patient.
 
     Without `positive`, a task is still chosen when the data makes it obvious (two classes, one
@@ -109,12 +152,19 @@ def load_data(source: str | Path, positive: str | None = None, negative: str | l
     manifest = read_source(source, images_dir, cfg.on_bad_image)
     skipped = list(manifest.skipped)
     task, excluded = None, {}
-    try:
-        task = make_task(manifest, positive, negative)
-    except DataError:
-        if positive is not None or negative:
-            raise
-    if task is not None:
+    if findings:
+        if positive is not None:
+            raise DataError("give --positive (one finding against --negative) or --findings (several at once), not both")
+        task = make_multilabel_task(manifest, findings)
+    else:
+        try:
+            task = make_task(manifest, positive, negative)
+        except DataError:
+            if positive is not None or negative:
+                raise
+    if isinstance(task, MultiLabelTask):
+        frame, excluded = multilabel_frame(manifest, task)
+    elif task is not None:
         frame, excluded = label_frame(manifest, task)
     else:
         frame = manifest.frame.copy()
@@ -136,7 +186,7 @@ def load_data(source: str | Path, positive: str | None = None, negative: str | l
         skipped += [{"path": p, "reason": r} for p, r in zip(frame["path"][bad], info["error"][bad])]
         frame = frame[~bad.to_numpy()].reset_index(drop=True)
     if task is not None:
-        for value, name in ((1, task.positive), (0, " or ".join(task.negatives))):
+        for value, name in () if isinstance(task, MultiLabelTask) else ((1, task.positive), (0, " or ".join(task.negatives))):
             if not (frame["y"] == value).any():
                 why = " and ".join(w for w, on in ((f"keeping views {','.join(cfg.views or [])}", cfg.views),
                                                    ("skipping bad images", skipped)) if on)
@@ -145,9 +195,12 @@ def load_data(source: str | Path, positive: str | None = None, negative: str | l
             frame["split"] = load_split(split_file, frame).to_numpy()
         else:
             val, test = cfg.fractions()
-            split, split_notes = make_split(frame, val, test, cfg.split_seed, cfg.val_policy)
+            split, split_notes = make_split(frame, val, test, cfg.split_seed, cfg.val_policy,
+                                            task.columns if isinstance(task, MultiLabelTask) else None)
             notes += split_notes
             frame["split"] = split.to_numpy()
+    if isinstance(task, MultiLabelTask) and "split" in frame:
+        notes += _few_positive_patients(frame, task)
     if skipped:
         notes.append(f"{len(skipped)} file(s) skipped as unreadable or not images; see 'skipped'")
     if (frame["patient_source"] == "image").any():

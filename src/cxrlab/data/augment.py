@@ -79,5 +79,5 @@ def with_views(batch: torch.Tensor, views: list[View]) -> torch.Tensor:
 
 
 def mean_over_views(values: torch.Tensor, views: int) -> torch.Tensor:
-    """(1 + views) * N values, in `with_views` order -> N means."""
-    return values.reshape(1 + views, -1).mean(0)
+    """(1 + views) * N values (or rows of K values), in `with_views` order -> N means (N x K)."""
+    return values.reshape(1 + views, -1, *values.shape[1:]).mean(0)

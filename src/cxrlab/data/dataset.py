@@ -58,7 +58,8 @@ class XrayDataset(Dataset):
         img = torch.from_numpy(img if img.flags.writeable else np.array(img)).unsqueeze(0)
         if self.augment is not None:
             img = self.augment(img)
-        return img, torch.tensor(float(self.labels[row]))
+        label = self.labels[row]
+        return img, torch.from_numpy(np.array(label, np.float32)) if np.ndim(label) else torch.tensor(float(label))
 
 
 def make_collate(mode: str, channels: int = 1):

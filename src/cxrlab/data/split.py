@@ -69,12 +69,29 @@ def patient_sample(y: np.ndarray, patients: np.ndarray, fraction: float, seed: i
     return _grouped_holdout(np.asarray(y).astype(int), np.asarray(patients).astype(str), fraction, seed)
 
 
+def _multilabel_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of about `fraction` of the patients, stratified over every finding at once: iterative
+    stratification (Sechidis et al. 2011, the iterative-stratification package) of the patients, each
+    labelled with the findings any of its images carries (a missing label counts as absent)."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    if fraction <= 0:
+        return np.zeros(len(groups), bool)
+    per = pd.DataFrame(np.nan_to_num(labels, nan=0.0), index=groups).groupby(level=0, sort=True).max()
+    if len(per) < 2:
+        raise DataError("cannot split: all images belong to one patient")
+    cv = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    _, held = next(cv.split(np.zeros(len(per)), per.to_numpy().astype(int)))
+    return pd.Series(groups).isin(per.index[held]).to_numpy()
+
+
 def make_split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int,
-               val_policy: str = "auto") -> tuple[pd.Series, list[str]]:
+               val_policy: str = "auto", label_columns: list[str] | None = None) -> tuple[pd.Series, list[str]]:
     """Assign each row of `frame` (path, patient, y, split given by the source or '') to
     train/val/test. A given test set is kept; a given val set is kept unless it is too small
     (`auto`: under 5% of train+val, like Kaggle pneumonia's 16 images) or `resplit` is asked.
-    Returns the split and notes on what was decided."""
+    With `label_columns` (a multi-label task) and no given split, patients are stratified over every
+    finding (`_multilabel_holdout`). Returns the split and notes on what was decided."""
     given = frame["split"].fillna("")
     y, groups = frame["y"].to_numpy(), frame["patient"].astype(str).to_numpy()
     notes: list[str] = []
@@ -97,6 +114,13 @@ def make_split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, s
             split[np.flatnonzero(trainval)[held]] = "val"
         else:
             split[given == "val"] = "val"
+    elif label_columns:
+        labels = frame[label_columns].to_numpy(dtype=float)
+        test = _multilabel_holdout(labels, groups, test_fraction, seed)
+        split[test] = "test"
+        rest = ~test
+        val = _multilabel_holdout(labels[rest], groups[rest], val_fraction / (1 - test_fraction), seed + 1)
+        split[np.flatnonzero(rest)[val]] = "val"
     else:
         test = _grouped_holdout(y, groups, test_fraction, seed)
         split[test] = "test"

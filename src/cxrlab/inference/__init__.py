@@ -80,6 +80,8 @@ class RunModel:
             accelerate(self.model)  # the same scores, faster (cxrlab.accel)
         self.model.to(self.device, memory_format=torch.channels_last).eval()
         self.positive, self.negative = self.run.task_names()
+        # multi-label: the findings, in the order of the model's outputs (None: one binary output)
+        self.findings = list(self.config.findings) if self.spec.num_outputs > 1 or self.config.findings else None
         stored = self.run.read_site(site)[0] if site else self.run.read_point()
         self.site = site
         self.tta = (stored.tta if stored else run_tta(self.config)) if tta is None else int(tta)
@@ -97,7 +99,11 @@ class RunModel:
 
     # -- the operating point -------------------------------------------------------------------------
     @property
-    def threshold(self) -> float:
+    def threshold(self):
+        """The stored threshold; multi-label: an array, one per finding (0.5 where none was chosen)."""
+        if self.findings:
+            chosen = (self.point.thresholds or {}) if self.point else {}
+            return np.array([chosen.get(f, 0.5) for f in self.findings])
         return self.point.threshold if self.point else 0.5
 
     @property
@@ -133,11 +139,13 @@ class RunModel:
 
     # -- scores out --------------------------------------------------------------------------------
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalised N x C x S x S float32 -> N logits, in fp32."""
+        """Normalised N x C x S x S float32 -> N logits (N x K for K findings), in fp32."""
         if self.session is not None:
-            return torch.from_numpy(self.session.run(None, {"image": batch.numpy()})[0]).reshape(-1)
-        with torch.no_grad():
-            return self.model(batch.to(self.device, memory_format=torch.channels_last)).float().reshape(-1).cpu()
+            out = torch.from_numpy(self.session.run(None, {"image": batch.numpy()})[0])
+        else:
+            with torch.no_grad():
+                out = self.model(batch.to(self.device, memory_format=torch.channels_last)).float().cpu()
+        return out.reshape(len(batch), -1) if self.findings else out.reshape(-1)
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         """N x S x S uint8 -> the plain images' N logits."""
@@ -145,7 +153,8 @@ class RunModel:
         return self._forward(normalize(images, self.spec.normalization, self.spec.in_chans)).numpy()
 
     def predict_proba(self, pixels: np.ndarray, calibrated: bool = True, batch_size: int = 64) -> np.ndarray:
-        """N x S x S uint8 -> N probabilities: the mean over the plain image and the test-time views,
+        """N x S x S uint8 -> N probabilities (N x K, one per finding, for a multi-label run): the mean over
+        the plain image and the test-time views,
         temperature-scaled when the operating point is calibrated (`calibrated=False`: before it).
         Chunked by image, and each image's views are fixed, so a score never depends on its batch."""
         pixels = np.asarray(pixels)
@@ -155,18 +164,25 @@ class RunModel:
             images = torch.from_numpy(np.ascontiguousarray(pixels[start:start + per_chunk])).unsqueeze(1)
             batch = normalize(with_views(images, self.views), self.spec.normalization, self.spec.in_chans)
             out.append(mean_over_views(torch.sigmoid(self._forward(batch)), len(self.views)).numpy())
-        probs = np.concatenate(out) if out else np.zeros(0, np.float32)
+        probs = np.concatenate(out) if out else np.zeros((0, len(self.findings)) if self.findings else 0, np.float32)
         return apply_temperature(probs, self.temperature) if calibrated and self.temperature else probs
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        """N x S x S uint8 -> 0/1 at the stored threshold."""
+        """N x S x S uint8 -> 0/1 at the stored threshold (N x K at each finding's, multi-label)."""
         return (self.predict_proba(pixels) >= self.threshold).astype(int)
 
     def score_data(self, data, split: str = "all", calibrated: bool = True):
-        """path, patient, y, score for one split of a loaded data set ('all': every image)."""
+        """path, patient, y, score for one split of a loaded data set ('all': every image); multi-label:
+        y:<finding> and score:<finding> per finding (y NaN where not labelled)."""
         frame = data.frame if split == "all" else data.frame[data.frame["split"] == split]
-        frame = frame[["path", "patient", "y", "row"]].reset_index(drop=True)
-        frame["score"] = self.predict_proba(data.images[frame["row"].to_numpy()], calibrated)
+        labels = [f"y:{f}" for f in self.findings] if self.findings else ["y"]
+        frame = frame[["path", "patient", *labels, "row"]].reset_index(drop=True)
+        probs = self.predict_proba(data.images[frame["row"].to_numpy()], calibrated)
+        if self.findings:
+            for k, finding in enumerate(self.findings):
+                frame[f"score:{finding}"] = probs[:, k]
+        else:
+            frame["score"] = probs
         return frame.drop(columns="row")
 
     def own_data(self):
@@ -184,12 +200,31 @@ class RunModel:
         Returns it; `use_point` applies it, `store_point` keeps it."""
         data = data if data is not None else self.own_data()
         val = self.score_data(data, split, calibrated=False)
+        if self.findings:
+            return self._choose_findings_points(val, policy or DEFAULT_POLICY, calibrate, chosen_on)
         y, score = val["y"].to_numpy(), val["score"].to_numpy()
         temperature = fit_temperature(y, score) if calibrate else None
         if temperature:
             score = apply_temperature(score, temperature)
         return OperatingPoint(policy or DEFAULT_POLICY, choose_threshold(policy or DEFAULT_POLICY, y, score),
                               temperature, self.tta, chosen_on, int(len(y)), int(y.sum()))
+
+    def _choose_findings_points(self, val, policy: str, calibrate: bool, chosen_on: str) -> OperatingPoint:
+        """One threshold per finding by `policy`, each on its labelled validation images; a finding whose
+        validation images hold one class keeps 0.5 (and is left out of `thresholds`)."""
+        if calibrate:
+            raise CxrlabError("temperature scaling is not available for multi-label runs yet")
+        chosen = {}
+        for finding in self.findings:
+            y, score = val[f"y:{finding}"].to_numpy(), val[f"score:{finding}"].to_numpy()
+            known = ~np.isnan(y)
+            try:
+                chosen[finding] = choose_threshold(policy, y[known].astype(int), score[known])
+            except CxrlabError:
+                log.warning("%s: %s has one class in validation; its threshold stays 0.5", self.run.path, finding)
+        labelled = val[[f"y:{f}" for f in self.findings]].to_numpy(float)
+        return OperatingPoint(policy, 0.5, None, self.tta, chosen_on, int(len(val)),
+                              int(np.nansum(labelled.max(axis=1) == 1)), thresholds=chosen)
 
     def use_point(self, point: OperatingPoint) -> None:
         if point.tta != self.tta:

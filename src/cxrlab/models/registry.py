@@ -27,19 +27,22 @@ class ModelSpec:
     normalization: str = "standardize"
     dropout: float = 0.6
     head_hidden: int = 256
+    num_outputs: int = 1  # one logit per finding (multi-label), in the order config.yaml's findings list them
 
 
 def model_spec(cfg) -> ModelSpec:
     """The spec a training config (`TrainConfig`) asks for: what a run directory needs to rebuild its model."""
     channels = 3 if cfg.data.normalization == "imagenet" else 1
-    return ModelSpec(cfg.model, channels, cfg.data.image_size, cfg.data.normalization, cfg.dropout)
+    outputs = len(cfg.findings) if cfg.findings and cfg.findings != ["all"] else 1
+    return ModelSpec(cfg.model, channels, cfg.data.image_size, cfg.data.normalization, cfg.dropout,
+                     num_outputs=outputs)
 
 
 class TimmClassifier(nn.Module):
     """A timm backbone (global average pooled features) with the seeds' head: Dense + ReLU,
     dropout, one logit."""
 
-    def __init__(self, name: str, in_chans: int, pretrained: bool, hidden: int, dropout: float):
+    def __init__(self, name: str, in_chans: int, pretrained: bool, hidden: int, dropout: float, outputs: int = 1):
         super().__init__()
         import timm
 
@@ -55,7 +58,7 @@ class TimmClassifier(nn.Module):
                               "Connect to the internet once (timm caches them under ~/.cache/huggingface), "
                               "or pass --weights PATH to a local .safetensors/.pth file.") from None
         self.head = nn.Sequential(nn.Linear(self.backbone.num_features, hidden), nn.ReLU(),
-                                  nn.Dropout(dropout), nn.Linear(hidden, 1))
+                                  nn.Dropout(dropout), nn.Linear(hidden, outputs))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -135,13 +138,15 @@ def build_model(spec: ModelSpec, pretrained: str | None = None, weights: str | P
     if pretrained == "imagenet" and spec.name in OWN_MODELS:
         raise ConfigError(f"{spec.name} has no pretrained weights; use a timm backbone such as resnet18")
     if spec.name in ("seed-cnn", "seed-cnn-bn"):
-        model: nn.Module = SeedCNN(spec.in_chans, batch_norm=spec.name.endswith("-bn"), dropout=spec.dropout)
+        model: nn.Module = SeedCNN(spec.in_chans, batch_norm=spec.name.endswith("-bn"), dropout=spec.dropout,
+                                   outputs=spec.num_outputs)
     elif spec.name == "kaggle-cnn":
-        model = KaggleCNN(spec.in_chans, spec.image_size)
+        model = KaggleCNN(spec.in_chans, spec.image_size, outputs=spec.num_outputs)
     elif spec.name == XRV_MODEL:
-        model = XrvClassifier(spec.head_hidden, spec.dropout)
+        model = XrvClassifier(spec.head_hidden, spec.dropout, outputs=spec.num_outputs)
     else:
-        model = TimmClassifier(spec.name, spec.in_chans, pretrained == "imagenet", spec.head_hidden, spec.dropout)
+        model = TimmClassifier(spec.name, spec.in_chans, pretrained == "imagenet", spec.head_hidden, spec.dropout,
+                               spec.num_outputs)
     target = model.backbone if hasattr(model, "backbone") else model
     report = None
     if weights:

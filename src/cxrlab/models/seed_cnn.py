@@ -26,7 +26,7 @@ class SeedCNN(nn.Module):
     (BatchNorm after each conv, before ReLU). Global average pooling makes it size-agnostic
     and gives CAM its feature maps (`features`) and weights (`head[0]`... through the MLP)."""
 
-    def __init__(self, in_chans: int = 1, batch_norm: bool = False, dropout: float = 0.6):
+    def __init__(self, in_chans: int = 1, batch_norm: bool = False, dropout: float = 0.6, outputs: int = 1):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_chans
@@ -46,7 +46,7 @@ class SeedCNN(nn.Module):
         self.cpu_channels_last_training = not batch_norm
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in, 128), nn.ReLU(), nn.Dropout(dropout),
-                                  nn.Linear(128, 32), nn.ReLU(), nn.Linear(32, 1))
+                                  nn.Linear(128, 32), nn.ReLU(), nn.Linear(32, outputs))
         keras_init(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,7 +60,7 @@ class KaggleCNN(nn.Module):
     """The HPC use case's from-scratch network: valid convs 16, 32, 64, 64 with BN, ReLU,
     max-pool and dropout 0.2/0.2/0.4, flatten, Dense 64, dropout 0.5, one logit."""
 
-    def __init__(self, in_chans: int = 1, image_size: int = 224):
+    def __init__(self, in_chans: int = 1, image_size: int = 224, outputs: int = 1):
         super().__init__()
         blocks: list[nn.Module] = []
         c_in = in_chans
@@ -72,7 +72,7 @@ class KaggleCNN(nn.Module):
         self.features = nn.Sequential(*blocks)
         with torch.no_grad():
             flat = self.features(torch.zeros(1, in_chans, image_size, image_size)).numel()
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 1))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, outputs))
         keras_init(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

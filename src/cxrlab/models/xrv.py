@@ -32,13 +32,13 @@ class XrvClassifier(nn.Module):
     """torchxrayvision's DenseNet-121 features (ReLU, global average pool: its `features2`) with the seeds'
     head: Dense + ReLU, dropout, one logit. Built at random weights; `load_xrv_weights` fills them."""
 
-    def __init__(self, hidden: int, dropout: float):
+    def __init__(self, hidden: int, dropout: float, outputs: int = 1):
         super().__init__()
         densenet = _xrv().models.DenseNet(weights=None, in_channels=1)
         self.backbone = densenet.features
         self.backbone.feature_info = [{"module": name} for name in STAGES]  # as timm backbones list theirs
         self.head = nn.Sequential(nn.Linear(densenet.classifier.in_features, hidden), nn.ReLU(),
-                                  nn.Dropout(dropout), nn.Linear(hidden, 1))
+                                  nn.Dropout(dropout), nn.Linear(hidden, outputs))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(F.relu(self.backbone(x)), 1).flatten(1)

@@ -130,18 +130,31 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 @torch.no_grad()
 def predict_scores(model: nn.Module, loader, device: torch.device,
                    precision: str = "auto") -> tuple[np.ndarray, np.ndarray, float]:
-    """(labels, sigmoid scores, mean BCE loss) over a loader, in eval mode."""
+    """(labels, sigmoid scores, mean BCE loss) over a loader, in eval mode: N values for one output,
+    N x K for K (the loss over the labelled entries only)."""
     model.eval()
     ys, logits = [], []
     for x, y in loader:
         with autocast(device, precision):
             x = x.to(device, memory_format=torch.channels_last) if x.dim() == 4 else x.to(device)
-            out = model(x).float().reshape(-1)
+            out = model(x).float().reshape(y.shape)
         logits.append(out.cpu())
         ys.append(y)
     y, z = torch.cat(ys), torch.cat(logits)
-    loss = float(nn.functional.binary_cross_entropy_with_logits(z, y)) if len(y) else float("nan")
+    loss = float(masked_bce(z, y)) if len(y) else float("nan")
     return y.numpy(), torch.sigmoid(z).numpy(), loss
+
+
+def masked_bce(logits: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE with logits averaged over the labelled entries: a missing label (NaN) adds nothing to the loss or
+    its gradient, so data sets that label only some findings can be used. Without NaN it is PyTorch's
+    BCEWithLogitsLoss (the binary path calls that directly)."""
+    known = ~torch.isnan(y)
+    if bool(known.all()):
+        return nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+    losses = nn.functional.binary_cross_entropy_with_logits(logits, torch.where(known, y, 0.0), reduction="none",
+                                                            pos_weight=pos_weight)
+    return (losses * known).sum() / known.sum().clamp_min(1)
 
 
 def _rng_state() -> dict:
@@ -205,12 +218,21 @@ class _Loop:
             accelerate(self.model)
         self.memory_format = training_memory_format(self.model, self.device)
         self.model.to(self.device, memory_format=self.memory_format)
-        train_y = data.frame.loc[data.frame["split"] == "train", "y"]
-        n_pos, n_neg = int(train_y.sum()), int((train_y == 0).sum())
-        self.n_train = len(train_y)
-        self.pos_weight = n_neg / max(n_pos, 1) if cfg.class_weights else None
-        pw = torch.tensor([self.pos_weight], device=self.device) if self.pos_weight else None
-        self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=pw)
+        train = data.frame[data.frame["split"] == "train"]
+        self.n_train = len(train)
+        self.findings = list(data.task.findings) if data.multilabel else None
+        self.history_columns = HISTORY_COLUMNS + [f"val_auc:{f}" for f in self.findings or []]
+        if self.findings:  # per finding, over its labelled training images
+            labels = train[data.task.columns]
+            n_pos, n_neg = (labels == 1).sum().to_numpy(), (labels == 0).sum().to_numpy()
+            self.pos_weight = [float(n / max(p, 1)) for p, n in zip(n_pos, n_neg)] if cfg.class_weights else None
+            pw = torch.tensor(self.pos_weight, device=self.device) if self.pos_weight else None
+            self.loss_fn = lambda logits, y: masked_bce(logits, y, pw)
+        else:
+            n_pos, n_neg = int(train["y"].sum()), int((train["y"] == 0).sum())
+            self.pos_weight = n_neg / max(n_pos, 1) if cfg.class_weights else None
+            pw = torch.tensor([self.pos_weight], device=self.device) if self.pos_weight else None
+            self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=pw)
         self.scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.device, cfg.precision) else None
         self.collate = make_collate(cfg.data.normalization, self.spec.in_chans)
         # its own generator: iterating a DataLoader draws a seed, and validation must not shift the
@@ -300,11 +322,11 @@ class _Loop:
             backbone_of(self.model).eval()  # a frozen backbone is a fixed feature extractor
         else:
             freeze_bn_stats(self.model)
-        total, plain, n, correct = 0.0, 0.0, 0, 0
+        total, plain, n, correct, entries = 0.0, 0.0, 0, 0, 0
         for batch, (x, y, forward) in enumerate(self._train_batches(epoch), 1):
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(self.device, self.cfg.precision):
-                logits = forward(x).float().reshape(-1)
+                logits = forward(x).float().reshape(y.shape)
             loss = self.loss_fn(logits, y)
             finite = self.ctx.sum(float(torch.isfinite(loss)))[0] == self.ctx.world
             if not finite:
@@ -328,23 +350,25 @@ class _Loop:
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             total += loss.item() * len(y)
-            plain += (nn.functional.binary_cross_entropy_with_logits(logits.detach(), y).item() * len(y)
-                      if self.pos_weight else loss.item() * len(y))
+            plain += (masked_bce(logits.detach(), y).item() * len(y) if self.pos_weight else loss.item() * len(y))
             n += len(y)
-            correct += int(((logits.detach() > 0) == (y > 0.5)).sum())
+            known = ~torch.isnan(y)  # accuracy over the labelled entries (every entry, for a binary task)
+            correct += int((((logits.detach() > 0) == (y > 0.5)) & known).sum())
+            entries += int(known.sum())
             if self.on_batch:
                 self.on_batch(batch, self.batches_total, n)
-        total, plain, n, correct = self.ctx.sum(total, plain, n, correct)
+        total, plain, n, correct, entries = self.ctx.sum(total, plain, n, correct, entries)
         if self.cached_val is not None:  # frozen backbone: the head scores the stored val features
             val = DataLoader(self.cached_val, batch_size=256, generator=torch.Generator())
             vy, vs, vloss = predict_scores(self.scored_model.head, val, self.device, self.cfg.precision)
         else:
             vy, vs, vloss = predict_scores(self.scored_model, self.val_loader, self.device, self.cfg.precision)
         vm = epoch_metrics(vy, vs)
+        per_finding = {f"val_auc:{f}": auc for f, auc in zip(self.findings or [], vm.get("aucs", []))}
         return {"epoch": epoch, "phase": self.state.phase + 1, "train_loss": plain / n,
-                "train_loss_weighted": total / n, "train_acc": correct / n,
+                "train_loss_weighted": total / n, "train_acc": correct / max(entries, 1),
                 "val_loss": vloss, "val_acc": vm["acc"], "val_auc": vm["auc"],
-                "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+                "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0, **per_finding}
 
     def _after_epoch(self, row: dict) -> None:
         st, cfg = self.state, self.cfg
@@ -366,14 +390,14 @@ class _Loop:
                 if improved:
                     save_weights(self.scored_model, self.run_dir.best_weights)
                 self._save_checkpoint()
-                history = pd.DataFrame(st.history, columns=HISTORY_COLUMNS).to_csv(index=False)
+                history = pd.DataFrame(st.history, columns=self.history_columns).to_csv(index=False)
                 atomic_write(self.run_dir.history, history.encode())
             except WriteError as exc:
                 kept = f"the last good checkpoint (epoch {self.saved_epoch}) is kept" if self.saved_epoch \
                     else "no epoch was checkpointed"
                 raise WriteError(f"{exc}; {kept}") from None
             self.saved_epoch = st.epoch
-            for key in HISTORY_COLUMNS[2:]:
+            for key in self.history_columns[2:]:
                 self.writer.add_scalar(key, row[key], row["epoch"])
             self.writer.flush()
             if self.on_epoch:
@@ -382,7 +406,7 @@ class _Loop:
 
     def _save_checkpoint(self) -> None:
         st = self.state
-        frame = pd.DataFrame(st.history, columns=HISTORY_COLUMNS)
+        frame = pd.DataFrame(st.history, columns=self.history_columns)
         atomic_torch_save({
             "format": CHECKPOINT_FORMAT, "epoch": st.epoch, "phase": st.phase, "phase_start": st.phase_start,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -471,21 +495,27 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
     seed_everything(cfg.seed, cfg.deterministic)
     split_file = run.split if resuming else cfg.split_file
     if ctx.main:  # one process decodes; the others then find the cache warm
-        data = load_data(cfg.source, cfg.positive, cfg.negative, cfg.images_dir, cfg.data, split_file, progress)
+        data = load_data(cfg.source, cfg.positive, cfg.negative, cfg.images_dir, cfg.data, split_file, progress,
+                         findings=cfg.findings)
     ctx.barrier()
     if not ctx.main:
-        data = load_data(cfg.source, cfg.positive, cfg.negative, cfg.images_dir, cfg.data, split_file)
+        data = load_data(cfg.source, cfg.positive, cfg.negative, cfg.images_dir, cfg.data, split_file,
+                         findings=cfg.findings)
     if data.task is None:
-        raise CxrlabError("no task: pass --positive (and --negative) to choose the classes")
-    if cfg.positive != data.task.positive:  # inferred or spelled otherwise: the run names its positive class
+        raise CxrlabError("no task: pass --positive (and --negative) to choose the classes, or --findings")
+    if data.multilabel:  # 'all' or spelled otherwise: the run records its findings, in the outputs' order
+        _check_findings_train(data)
+        cfg = dataclasses.replace(cfg, findings=list(data.task.findings))
+    elif cfg.positive != data.task.positive:  # inferred or spelled otherwise: the run names its positive class
         cfg = dataclasses.replace(cfg, positive=data.task.positive)
     if ctx.main and not resuming:
         save_split(data.frame, run.split)  # the true labels: evaluation of this run stays honest
         save_yaml(cfg, run.config)
     if cfg.shuffle_labels:  # a model that can only memorise: the data-randomisation sanity check
         train_rows = data.frame.index[data.frame["split"] == "train"]
-        shuffled = np.random.default_rng(cfg.seed).permutation(data.frame.loc[train_rows, "y"].to_numpy())
-        data.frame.loc[train_rows, "y"] = shuffled
+        columns = ["y", *data.task.columns] if data.multilabel else ["y"]
+        order = np.random.default_rng(cfg.seed).permutation(len(train_rows))
+        data.frame.loc[train_rows, columns] = data.frame.loc[train_rows, columns].to_numpy()[order]
     loop = _Loop(cfg, run, data, ctx, *((on_epoch, on_batch, on_note) if ctx.main else (None, None, None)))
     if ckpt is not None:
         loop.restore(ckpt)
@@ -493,7 +523,7 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
     loop.run(ckpt)
     if not ctx.main:
         return None
-    hist = pd.DataFrame(loop.state.history, columns=HISTORY_COLUMNS)
+    hist = pd.DataFrame(loop.state.history, columns=loop.history_columns)
     from .curves import plot_learning_curves
 
     plot_learning_curves(hist, run.curves)
@@ -524,6 +554,15 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
     info["operating_point"] = store_default_point(run, data)
     run.write_info(info)
     return Run(run, cfg, hist, loop.state.best_epoch, loop.stopped_early, info)
+
+
+def _check_findings_train(data: LoadedData) -> None:
+    """Every finding needs positive training images: the model cannot learn one it never sees."""
+    train = data.frame[data.frame["split"] == "train"]
+    missing = [f for f, c in zip(data.task.findings, data.task.columns) if not (train[c] == 1).any()]
+    if missing:
+        raise CxrlabError(f"no positive training images for {', '.join(missing)} (after the patient split); "
+                          "leave them out of --findings or add images")
 
 
 def store_default_point(run: RunDir, data: LoadedData) -> str:
