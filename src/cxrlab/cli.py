@@ -106,6 +106,12 @@ def _print_summary(summary: dict, out_dir: Path) -> None:
     if dups["groups"]:
         console.print(f"[yellow]exact duplicates: {dups['groups']} group(s)"
                       f"{', ' + str(dups.get('across_splits', 0)) + ' across splits' if 'across_splits' in dups else ''}")
+    if "findings" in summary:
+        table = Table("finding", *[f"{s} images / patients" for s in ("train", "val", "test")],
+                      title="positives per finding and split")
+        for finding, per in summary["findings"].items():
+            table.add_row(finding, *[f"{per[s]['images']} / {per[s]['patients']}" for s in ("train", "val", "test")])
+        console.print(table)
     if set(summary.get("views", {})) - {"unknown"}:
         console.print("views: " + ", ".join(f"{v} {n}" for v, n in summary["views"].items()), highlight=False)
     for note in summary["notes"]:
@@ -130,6 +136,7 @@ def data_summary(
     cache_dir: Optional[Path] = typer.Option(None, help="Image cache (default $CXRLAB_CACHE or ~/.cache/cxrlab)."),
     views: Optional[str] = typer.Option(None, help="Only these view positions, e.g. PA or PA,AP (DICOM ViewPosition, "
                                         "NIH's 'View Position' column)."),
+    findings: Optional[str] = typer.Option(None, help="Multi-label: 'all' or a list: per-finding counts per split."),
 ):
     """Counts per class and split, patients, sizes, duplicates, unreadable files; summary.json and plots."""
     from .data import load_data
@@ -139,7 +146,7 @@ def data_summary(
                      val_policy=val_policy, on_bad_image=on_bad_image,
                      cache_dir=str(cache_dir) if cache_dir else None, views=views)
     with _Bar("decoding images") as bar:
-        loaded = load_data(data, positive, negative or None, images, cfg, progress=bar)
+        loaded = load_data(data, positive, negative or None, images, cfg, progress=bar, findings=findings)
     _print_summary(write_summary(loaded, out), out)
 
 
@@ -153,9 +160,11 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from RUN/last.ckpt."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     positive: Optional[str] = typer.Option(None, help="Positive label, e.g. Effusion."),
-    negative: Optional[List[str]] = typer.Option(None, help="Negative label(s); default: normal / No Finding."),
+    negative: Optional[List[str]] = typer.Option(None, help="Negative label(s); default: normal / No Finding; rest: every image without the positive."),
     images: Optional[Path] = typer.Option(None, help="Images folder for a CSV."),
     split_file: Optional[Path] = typer.Option(None, help="Reuse a split.csv (e.g. from another run)."),
+    findings: Optional[str] = typer.Option(None, help="Multi-label: 'all' (every finding of the data) or a list, e.g. "
+                                           "Effusion,Pneumonia: one model scores them all (instead of --positive)."),
     model: Optional[str] = typer.Option(None, help="seed-cnn-bn (default), seed-cnn (the lesson's), kaggle-cnn, or a timm name."),
     pretrained: Optional[str] = typer.Option(None, help="imagenet: timm's pretrained weights; xrv:NAME (e.g. "
                                              "xrv:densenet121-res224-all): torchxrayvision's chest X-ray DenseNet at its "
@@ -237,7 +246,7 @@ def train(
                   f"{'stopped early; ' if run.stopped_early else ''}run directory: {run.dir.path}")
 
 
-_TRAIN_FLAGS = {"positive", "images", "split_file", "model", "pretrained", "weights", "allow_partial_weights", "init_from",
+_TRAIN_FLAGS = {"positive", "findings", "images", "split_file", "model", "pretrained", "weights", "allow_partial_weights", "init_from",
                 "trainable_blocks", "epochs", "max_train_images", "batch_size", "lr", "weight_decay", "grad_clip", "ema_decay",
                 "dropout", "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "seed", "shuffle_labels",
                 "deterministic", "device", "precision", "workers", "decode_workers", "devices", "finetune_epochs", "finetune_blocks",
@@ -281,7 +290,7 @@ def evaluate(
         raise CxrlabError("--positive and --negative name another data set's labels: use them with --data")
     m = evaluate_run(run, data, split, threshold, tta, calibrate, resamples, data_positive=positive,
                      data_negative=negative or None, site=site)
-    _print_metrics(m, run)
+    (_print_findings if m.get("task") == "multi-label" else _print_metrics)(m, run)
 
 
 @app.command("threshold")
@@ -354,6 +363,23 @@ def _print_metrics(m: dict, run: Path) -> None:
                   f"TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}", highlight=False)
     if "site" in m:
         _print_site(m)
+    console.print(f"wrote {run / 'eval' / m['split']}/")
+
+
+def _print_findings(m: dict, run: Path) -> None:
+    """A multi-label evaluation: one row per finding, the macro mean, CheXNet's published AUCs as context."""
+    table = Table("finding", "pos", "neg", "AUC [95% CI]", "sens", "spec", "CheXNet*",
+                  title=f"{m['split']}: {m['n']} images, {m['patients']} patients; sensitivity and specificity "
+                        "at each finding's threshold (per_finding.csv)")
+    for r in m["findings"]:
+        auc = "undefined" if r["auc"] is None or r["auc"] != r["auc"] else \
+            f"{r['auc']:.3f} [{r['auc_low']:.2f}-{r['auc_high']:.2f}]"
+        table.add_row(r["finding"], str(r["positives"]), str(r["negatives"]), auc, _fmt(r["sensitivity"]),
+                      _fmt(r["specificity"]), _fmt(r["chexnet_2017"]))
+    console.print(table)
+    low, high = m["macro_auc_ci"]
+    console.print(f"macro mean AUC {_fmt(m['macro_auc'])} [{_fmt(low)}-{_fmt(high)}] over {len(m['macro_over'])} "
+                  f"findings. *{m['chexnet_note']}.", highlight=False)
     console.print(f"wrote {run / 'eval' / m['split']}/")
 
 
@@ -496,12 +522,23 @@ def predict(
         console.print(f"[red]skipped[/] {item['path']}: {item['reason']}", highlight=False)
     if not results:
         raise CxrlabError(f"none of the {len(files)} image(s) could be read; nothing to predict")
-    table = Table("image", f"P({predictor.positive})", "call", title=f"threshold {_threshold_text(predictor.threshold)} ({predictor.policy})")
-    for r in results[:50]:
-        table.add_row(Path(r.path).name, f"{r.probability:.3f}", r.label)
+    if predictor.findings:  # multi-label: one probability and one flag per finding
+        table = Table("image", "findings at or above their thresholds", "top finding", title=predictor.policy)
+        for r in results[:50]:
+            top = r.findings[0]
+            table.add_row(Path(r.path).name, r.label, f"{top['finding']} {top['probability']:.3f}")
+        frame = pd.DataFrame([{"path": r.path, **{f"probability:{f['finding']}": f["probability"] for f in r.findings},
+                               **{f"predicted:{f['finding']}": int(f["positive"]) for f in r.findings}}
+                              for r in results])
+        frame = frame[["path", *[f"{kind}:{f}" for kind in ("probability", "predicted") for f in predictor.findings]]]
+    else:
+        table = Table("image", f"P({predictor.positive})", "call",
+                      title=f"threshold {_threshold_text(predictor.threshold)} ({predictor.policy})")
+        for r in results[:50]:
+            table.add_row(Path(r.path).name, f"{r.probability:.3f}", r.label)
+        frame = pd.DataFrame([{"path": r.path, "probability": r.probability, "predicted": r.label,
+                               "threshold": r.threshold, "policy": r.policy} for r in results])
     console.print(table)
-    frame = pd.DataFrame([{"path": r.path, "probability": r.probability, "predicted": r.label,
-                           "threshold": r.threshold, "policy": r.policy} for r in results])
     if out:
         frame.to_csv(out, index=False)
         console.print(f"wrote {out}")

@@ -37,6 +37,12 @@ def summarize(data: LoadedData) -> dict:
         table = pd.crosstab(frame["split"], cls)
         out["by_split"] = {s: {c: int(n) for c, n in row.items()} for s, row in table.iterrows()}
         out["patients_by_split"] = {s: int(n) for s, n in frame.groupby("split")["patient"].nunique().items()}
+        if data.multilabel:  # per finding and split: positive images and positive patients
+            from . import finding_counts
+
+            counts = finding_counts(frame, data.task)
+            out["findings"] = {f: {split: {kind: int(counts.loc[f, (split, kind)]) for kind in ("images", "patients")}
+                                   for split in ("train", "val", "test")} for f in data.task.findings}
     sizes = (info["width"].astype(str) + "x" + info["height"].astype(str)).value_counts()
     out["original_sizes"] = {k: int(v) for k, v in sizes.head(10).items()}
     out["modes"] = {k: int(v) for k, v in info["mode"].value_counts().items()}

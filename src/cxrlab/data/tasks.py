@@ -110,7 +110,8 @@ class MultiLabelTask:
         return [label_column(f) for f in self.findings]
 
     def to_dict(self) -> dict:
-        return {"findings": list(self.findings), "normals": list(self.normals)}
+        return {"findings": list(self.findings), "normals": list(self.normals), "positive": self.positive,
+                "negatives": list(self.negatives)}
 
 
 def label_column(finding: str) -> str:

@@ -63,6 +63,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     if site and data is None:
         raise CxrlabError("--site names another site's operating point: use it with --data, that site's images")
     model = RunModel(run, tta=tta)
+    if model.findings:
+        return _evaluate_findings(model, data, split, policy, calibrate, n_resamples, seed, site)
     own = model.own_data() if data is None else None  # with --data, loaded only if a point must be chosen
     point, stored = evaluation_point(model, own, policy, calibrate)
     model.use_point(point)
@@ -129,6 +131,19 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
         plots.reliability_plot(metrics["calibration"], out / "reliability.png")
     (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
     return Evaluation(metrics, scored[columns], labels)
+
+
+def _evaluate_findings(model: RunModel, data, split: str, policy: str | None, calibrate: bool, n_resamples: int,
+                       seed: int, site: str | None):
+    """A multi-label run: every finding at its own threshold (`evaluation.multilabel`)."""
+    from .multilabel import evaluate_findings
+
+    if data is not None or site or calibrate:
+        raise CxrlabError("a multi-label run is evaluated on its own split for now: --data, --site and --calibrate "
+                          "apply to binary runs")
+    if policy is not None or model.point is None:  # for this evaluation only: `cxrlab threshold` stores one
+        model.use_point(model.choose_point(policy))
+    return evaluate_findings(model, model.own_data(), split, model.run.eval_dir(split), n_resamples, seed)
 
 
 def _call_cis(y, score, patients, threshold: float, n_resamples: int, seed: int) -> dict:

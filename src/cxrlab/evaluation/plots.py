@@ -41,7 +41,41 @@ def roc_plot(y, score, patients, metrics: dict, path: Path, title: str = "") -> 
 def roc_figure(y, score, patients, metrics: dict, title: str = "") -> Figure:
     """The ROC curve with its patient-bootstrap band and the operating point."""
     fig = Figure(figsize=(4.5, 4.5))
+    _roc_axes(fig.subplots(), y, score, patients, metrics, title)
+    return fig
+
+
+def roc_grid_figure(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, dict]]) -> Figure:
+    """Small multiples: one ROC panel (band, operating point) per (finding, y, score, patients, metrics)."""
+    cols = min(5, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(3.0 * cols, 3.1 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+    for ax, (name, y, score, patients, metrics) in zip(axes, panels):
+        _roc_axes(ax, y, score, patients, metrics, f"{name} (AUC {metrics['auc']:.2f})", small=True)
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def auc_bars_figure(names: list[str], aucs, lows, highs, mean: tuple[float, float, float]) -> Figure:
+    """Per-finding test AUC with its 95% CI as horizontal bars, the macro mean as a line."""
+    fig = Figure(figsize=(6, 0.32 * len(names) + 1.2))
     ax = fig.subplots()
+    order = np.argsort(aucs)
+    aucs, lows, highs = np.asarray(aucs)[order], np.asarray(lows)[order], np.asarray(highs)[order]
+    ax.barh(np.arange(len(names)), aucs, xerr=[aucs - lows, highs - aucs], color="steelblue", ecolor="0.3", capsize=2)
+    ax.set_yticks(np.arange(len(names)), [names[i] for i in order], fontsize=8)
+    ax.axvline(0.5, color="grey", ls="--", lw=0.8)
+    ax.axvline(mean[0], color="crimson", lw=1, label=f"mean {mean[0]:.3f} [{mean[1]:.3f}, {mean[2]:.3f}]")
+    ax.set(xlim=(0, 1), xlabel="AUC [95% CI, patient bootstrap]")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _roc_axes(ax, y, score, patients, metrics: dict, title: str, small: bool = False) -> None:
     if len(np.unique(y)) == 2:
         fpr, tpr, _ = roc_curve(y, score)
         band = roc_band(y, score, patients)
@@ -54,8 +88,10 @@ def roc_figure(y, score, patients, metrics: dict, title: str = "") -> Figure:
         ax.text(0.5, 0.5, "ROC undefined: one class", ha="center")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
     ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title=title or "ROC", xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
-    return fig
+    if small:
+        ax.title.set_fontsize(9)
+    else:
+        ax.legend(loc="lower right", fontsize=8)
 
 
 def pr_plot(y, score, path: Path) -> Path:

@@ -190,7 +190,8 @@ class RunModel:
         from ..data import load_data
 
         cfg = self.config
-        return load_data(cfg.source, cfg.positive, cfg.negative, cfg.images_dir, cfg.data, split_file=self.run.split)
+        return load_data(cfg.source, cfg.positive, cfg.negative, cfg.images_dir, cfg.data, split_file=self.run.split,
+                         findings=cfg.findings)
 
     # -- choosing an operating point ------------------------------------------------------------------
     def choose_point(self, policy: str | None = None, calibrate: bool = False, data=None,

@@ -211,6 +211,8 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
         result = predictor.result(name, probability, cam)
         body = {"probability": result.probability, "label": result.label, "positive": result.positive,
                 "threshold": result.threshold, "policy": result.policy, "model": predictor.spec.name}
+        if result.findings:  # a multi-label run: every finding, highest probability first
+            body["findings"] = result.findings
         if result.heatmap is not None:
             body["heatmap_png"] = base64.b64encode(await run_in_threadpool(heatmap_png, result.heatmap)).decode()
             body["method"] = method

@@ -25,6 +25,9 @@ class Prediction:
     threshold: float
     policy: str
     heatmap: np.ndarray | None = None
+    # multi-label: every finding (finding, probability, threshold, positive), by probability, highest first;
+    # then probability / threshold are the top finding's, and the label lists the findings at or above theirs
+    findings: list[dict] | None = None
 
 
 class Predictor(RunModel):
@@ -58,9 +61,15 @@ class Predictor(RunModel):
             idx = [i for i, (_, m) in enumerate(items) if m == method]
             for i, cam in zip(idx, self.heatmaps(np.stack([items[i][0] for i in idx]), method)):
                 maps[i] = cam
-        return [(float(p), cam) for p, cam in zip(probs, maps)]
+        return [(p if self.findings else float(p), cam) for p, cam in zip(probs, maps)]
 
-    def result(self, path: str, p: float, heat=None) -> Prediction:
+    def result(self, path: str, p, heat=None) -> Prediction:
+        if self.findings:
+            rows = sorted(({"finding": f, "probability": float(q), "threshold": float(t), "positive": bool(q >= t)}
+                           for f, q, t in zip(self.findings, p, self.threshold)), key=lambda r: -r["probability"])
+            called = [r["finding"] for r in rows if r["positive"]]
+            return Prediction(path, rows[0]["probability"], ", ".join(called) or self.negative, bool(called),
+                              rows[0]["threshold"], self.policy, heat, rows)
         positive = bool(p >= self.threshold)
         return Prediction(path, float(p), self.positive if positive else self.negative, positive,
                           self.threshold, self.policy, heat)

@@ -1,0 +1,168 @@
+"""Multi-label: one model scores several findings at once (issue 19): tasks, the stratified patient split,
+the masked loss, training, per-finding evaluation and prediction, on a synthetic NIH-style set with two
+learnable findings, and on the real NIH subset when it is present."""
+
+import csv
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from cxrlab.cli import app
+from cxrlab.config import DataConfig, TrainConfig
+from cxrlab.data import load_data
+from cxrlab.errors import ConfigError, CxrlabError, DataError
+from conftest import SHARED_DATA, requires_shared_data, xray
+
+runner = CliRunner()
+LABEL_CYCLE = ["No Finding", "Effusion", "Mark", "Effusion|Mark", "No Finding", "Mark|Effusion|Infiltration"]
+
+
+def marked(img: np.ndarray) -> np.ndarray:
+    """The second synthetic finding: a bright square high on the left, easy to learn and to tell apart."""
+    out = img.copy()
+    s = img.shape[0]
+    out[s // 8: s // 8 + s // 6, s // 8: s // 8 + s // 6] = 250
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_findings(tmp_path_factory):
+    """labels.csv + images/: 90 patients, 1-2 images each, with Effusion and/or Mark or No Finding."""
+    root = tmp_path_factory.mktemp("ml") / "nih"
+    rows = []
+    for i in range(150):
+        patient = i * 3 // 5 + 1
+        labels = LABEL_CYCLE[patient % len(LABEL_CYCLE)]
+        img = xray(i, 64, positive="Effusion" in labels)
+        img = marked(img) if "Mark" in labels else img
+        name = f"{patient:08d}_{i:03d}.png"
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / "images" / name)
+        rows.append([name, labels, str(patient), "0"])
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Image Index", "Finding Labels", "Patient ID", "Follow-up #"])
+        w.writerows(rows)
+    return root / "labels.csv"
+
+
+def test_findings_resolve_by_name_and_all_means_every_finding(two_findings, tmp_path):
+    cfg = DataConfig(image_size=32, cache_dir=str(tmp_path / "c"))
+    data = load_data(two_findings, findings="all", config=cfg)
+    assert data.multilabel and data.task.findings == ("Effusion", "Infiltration", "Mark")
+    assert len(data.frame) == 150  # every image kept, "No Finding" ones as all-zero rows
+    labels = data.frame[data.task.columns]
+    assert labels.loc[data.frame["labels"] == "No Finding"].to_numpy().sum() == 0
+    picked = load_data(two_findings, findings="mark,EFFUSION", config=cfg)
+    assert picked.task.findings == ("Mark", "Effusion")  # the order given: the model's outputs
+    assert picked.targets().shape == (150, 2)
+    with pytest.raises(DataError, match="unknown label 'Nodule'; the data has: .*Effusion"):
+        load_data(two_findings, findings="Effusion,Nodule", config=cfg)
+    with pytest.raises(DataError, match="means no finding"):
+        load_data(two_findings, findings="Effusion,No Finding", config=cfg)
+    with pytest.raises(ConfigError, match="not both"):
+        TrainConfig(source="x", positive="Effusion", findings="all")
+
+
+def test_the_split_keeps_patients_whole_and_every_finding_in_every_split(two_findings, tmp_path):
+    data = load_data(two_findings, findings="all", config=DataConfig(image_size=32, cache_dir=str(tmp_path / "c")))
+    per_patient = data.frame.groupby("patient")["split"].nunique()
+    assert (per_patient == 1).all()
+    for column in data.task.columns:
+        positives = data.frame[data.frame[column] == 1]
+        assert set(positives["split"]) == {"train", "val", "test"}, column
+
+
+def test_negative_rest_makes_every_other_image_a_negative(two_findings, tmp_path):
+    data = load_data(two_findings, positive="Effusion", negative="rest", config=DataConfig(image_size=32,
+                                                                                        cache_dir=str(tmp_path / "c")))
+    assert len(data.frame) == 150 and data.excluded == {}
+    assert data.frame["y"].sum() == data.frame["labels"].str.contains("Effusion").sum()
+
+
+def test_missing_labels_add_nothing_to_the_loss_or_its_gradient():
+    from cxrlab.training.trainer import masked_bce
+
+    logits = torch.randn(6, 3, requires_grad=True)
+    y = torch.tensor([[1, 0, float("nan")], [0, float("nan"), 1], [1, 1, 0], [0, 0, 0],
+                      [float("nan")] * 3, [1, 0, 1]])
+    masked_bce(logits, y, torch.tensor([2.0, 1.0, 3.0])).backward()
+    known = ~torch.isnan(y)
+    assert torch.all(logits.grad[~known] == 0) and torch.all(logits.grad[known] != 0)
+    by_hand = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[known], y[known], pos_weight=torch.tensor([2.0, 1.0, 3.0]).expand(6, 3)[known])
+    assert torch.isclose(masked_bce(logits, y, torch.tensor([2.0, 1.0, 3.0])), by_hand)
+
+
+@pytest.mark.slow
+def test_train_evaluate_and_predict_every_finding(two_findings, tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(two_findings), "--findings", "Mark,Effusion", "--recipe", "lesson",
+                                 "--epochs", "12", "--image-size", "64", "--out", str(run),
+                                 "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert "findings:\n- Mark\n- Effusion" in (run / "config.yaml").read_text()
+    history = pd.read_csv(run / "history.csv")
+    per = history[["val_auc:Mark", "val_auc:Effusion"]]
+    assert np.allclose(history["val_auc"], per.mean(axis=1))
+    point = json.loads((run / "threshold.json").read_text())
+    assert set(point["thresholds"]) == {"Mark", "Effusion"}
+
+    result = runner.invoke(app, ["evaluate", str(run), "--resamples", "100"])
+    assert result.exit_code == 0, result.output
+    assert "macro mean AUC" in result.output and "CheXNet" in result.output
+    table = pd.read_csv(run / "eval" / "test" / "per_finding.csv").set_index("finding")
+    assert list(table.index) == ["Mark", "Effusion"]
+    # each output learnt its own finding (the order holds): the square is unmistakable, the effusion subtler
+    assert table.loc["Mark", "auc"] > 0.9 and table.loc["Effusion", "auc"] > 0.65, table
+    assert (table["auc_low"] <= table["auc"]).all() and (table["auc"] <= table["auc_high"]).all()
+    metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert metrics["macro_auc_ci"][0] <= metrics["macro_auc"] <= metrics["macro_auc_ci"][1]
+    assert metrics["macro_auc"] == pytest.approx(table["auc"].mean())
+    for name in ("roc_grid.png", "auc_bars.png", "roc.csv", "predictions.csv"):
+        assert (run / "eval" / "test" / name).stat().st_size > 100
+
+    scored = pd.read_csv(run / "eval" / "test" / "predictions.csv")
+    images = scored["path"].head(3).tolist()
+    result = runner.invoke(app, ["predict", str(run), *images, "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 0, result.output
+    predicted = pd.read_csv(tmp_path / "p.csv")
+    for finding in ("Mark", "Effusion"):  # one answer per image: predict gives evaluate's probability
+        assert np.allclose(predicted[f"probability:{finding}"], scored[f"score:{finding}"].head(3), atol=1e-6)
+        assert (predicted[f"predicted:{finding}"] == (predicted[f"probability:{finding}"] >=
+                                                      point["thresholds"][finding])).all()
+
+
+def test_a_finding_without_training_positives_is_refused(two_findings, tmp_path):
+    """Infiltration only on test images (the same split, from a split file): the model could never learn it."""
+    from cxrlab.data import save_split
+    from cxrlab.training import train
+
+    cfg = DataConfig(image_size=32, cache_dir=str(tmp_path / "c"))
+    data = load_data(two_findings, findings="all", config=cfg)
+    save_split(data.frame, tmp_path / "split.csv")
+    test_names = {p.rsplit("/", 1)[1] for p in data.frame.loc[data.frame["split"] == "test", "path"]}
+    frame = pd.read_csv(two_findings)
+    frame["Finding Labels"] = frame["Finding Labels"].str.replace("|Infiltration", "")
+    first_test = frame.index[frame["Image Index"].isin(test_names)][0]
+    frame.loc[first_test, "Finding Labels"] = "Infiltration"
+    frame.to_csv(two_findings.parent / "test-only.csv", index=False)
+    run_cfg = TrainConfig.recipe("lesson", source=str(two_findings.parent / "test-only.csv"), findings="all", epochs=1,
+                                 image_size=32, cache_dir=str(tmp_path / "c"), split_file=str(tmp_path / "split.csv"))
+    with pytest.raises(CxrlabError, match="no positive training images for Infiltration"):
+        train(run_cfg, tmp_path / "run")
+
+
+@requires_shared_data
+@pytest.mark.realdata
+def test_nih_subset_all_fourteen_findings(tmp_path):
+    data = load_data(SHARED_DATA / "nih-cxr14-subset", findings="all",
+                     config=DataConfig(image_size=32, cache_dir=str(tmp_path / "c")))
+    assert len(data.task.findings) == 14 and "No Finding" not in data.task.findings
+    assert len(data.frame) == 1300 and (data.frame.groupby("patient")["split"].nunique() == 1).all()
+    assert any("Hernia" in n and "fewer than 5 positive patients" in n for n in data.notes)
