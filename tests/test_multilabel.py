@@ -166,3 +166,28 @@ def test_nih_subset_all_fourteen_findings(tmp_path):
     assert len(data.task.findings) == 14 and "No Finding" not in data.task.findings
     assert len(data.frame) == 1300 and (data.frame.groupby("patient")["split"].nunique() == 1).all()
     assert any("Hernia" in n and "fewer than 5 positive patients" in n for n in data.notes)
+
+
+@pytest.mark.slow
+def test_one_finding_of_a_multilabel_run_compares_with_a_binary_run(two_findings, tmp_path):
+    """evaluate --finding scores one output as a binary task; a binary run trained on the same split then
+    compares on exactly the same test images, without a warning."""
+    from cxrlab.evaluation.compare import compare_runs
+    from cxrlab.evaluation.evaluate import evaluate_run
+    from cxrlab.training import train
+
+    common = dict(epochs=6, image_size=64, cache_dir=str(tmp_path / "cache"))
+    multi = train(TrainConfig.recipe("lesson", source=str(two_findings), findings="all", **common), tmp_path / "multi")
+    binary = train(TrainConfig.recipe("lesson", source=str(two_findings), positive="Effusion", negative="No Finding",
+                                      split_file=str(multi.dir.split), **common), tmp_path / "binary")
+    one = evaluate_run(multi.dir, finding="effusion", n_resamples=50)
+    assert one["classes"] == {"positive": "Effusion", "negatives": ["No Finding"]}
+    own = pd.read_csv(tmp_path / "multi" / "eval" / "test" / "finding-Effusion" / "predictions.csv")
+    assert set(own["label"]) == {"Effusion", "No Finding"}
+    table = compare_runs([multi.dir, binary.dir], out=tmp_path / "cmp", finding="Effusion")
+    assert len(table) == 2 and table.attrs["warnings"] == [], table.attrs["warnings"]
+    assert table["images"].iloc[0] == table["images"].iloc[1] == len(own)
+    with pytest.raises(CxrlabError, match="pass --finding"):
+        compare_runs([multi.dir, binary.dir], out=tmp_path / "cmp2")
+    with pytest.raises(CxrlabError, match="does not score 'Nodule'"):
+        evaluate_run(multi.dir, finding="Nodule")

@@ -281,16 +281,19 @@ def evaluate(
     resamples: int = typer.Option(1000, help="Patient-level bootstrap resamples for the CIs."),
     site: Optional[str] = typer.Option(None, help="With --data: also report at this site's operating point (default: "
                                        "the site whose threshold was chosen on a sample of --data), leaving the sample out."),
+    finding: Optional[str] = typer.Option(None, help="Multi-label run: score this finding as a binary task against "
+                                          "--negative (default No Finding) on the same test patients."),
 ):
     """Metrics with 95% CIs at the run's operating point, calibration, CSVs and figures in RUN/eval/<split>/.
     Read-only on the run: the operating point predict, serve and export use stays as it is."""
     from .evaluation.evaluate import evaluate_run
 
-    if (positive or negative) and data is None:
-        raise CxrlabError("--positive and --negative name another data set's labels: use them with --data")
+    if (positive or (negative and not finding)) and data is None:
+        raise CxrlabError("--positive and --negative name another data set's labels: use them with --data "
+                          "(or --negative with --finding)")
     m = evaluate_run(run, data, split, threshold, tta, calibrate, resamples, data_positive=positive,
-                     data_negative=negative or None, site=site)
-    (_print_findings if m.get("task") == "multi-label" else _print_metrics)(m, run)
+                     data_negative=negative or None, site=site, finding=finding)
+    (_print_findings if m.get("task") == "multi-label" else _print_metrics)(m, Path(m.get("folder", run / "eval" / m["split"])))
 
 
 @app.command("threshold")
@@ -363,7 +366,7 @@ def _print_metrics(m: dict, run: Path) -> None:
                   f"TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}", highlight=False)
     if "site" in m:
         _print_site(m)
-    console.print(f"wrote {run / 'eval' / m['split']}/")
+    console.print(f"wrote {run}/")
 
 
 def _print_findings(m: dict, run: Path) -> None:
@@ -380,7 +383,7 @@ def _print_findings(m: dict, run: Path) -> None:
     low, high = m["macro_auc_ci"]
     console.print(f"macro mean AUC {_fmt(m['macro_auc'])} [{_fmt(low)}-{_fmt(high)}] over {len(m['macro_over'])} "
                   f"findings. *{m['chexnet_note']}.", highlight=False)
-    console.print(f"wrote {run / 'eval' / m['split']}/")
+    console.print(f"wrote {run}/")
 
 
 def _print_site(m: dict) -> None:
@@ -407,11 +410,15 @@ def report(run: Path = typer.Argument(..., help="A run directory."),
 
 @app.command()
 def compare(runs: List[Path] = typer.Argument(..., help="Two or more run directories."),
-            split: str = typer.Option("test"), out: Path = typer.Option(Path("comparison"), help="Output folder.")):
+            split: str = typer.Option("test"), out: Path = typer.Option(Path("comparison"), help="Output folder."),
+            finding: Optional[str] = typer.Option(None, help="Multi-label runs take part through this finding, scored "
+                                                  "as a binary task (evaluate --finding)."),
+            negative: Optional[List[str]] = typer.Option(None, help="With --finding: the negative label(s) "
+                                                         "(default No Finding).")):
     """Key metrics of several runs with CIs (terminal, Markdown, CSV) and their ROC curves overlaid."""
     from .evaluation.compare import compare_runs
 
-    table = compare_runs(runs, split, out)
+    table = compare_runs(runs, split, out, finding, negative or None)
     view = Table("run", "model", "AUC [95% CI]", "sens [CI]", "spec [CI]", "acc (majority)", title=f"{split} split")
     for r in table.itertuples(index=False):
         view.add_row(r.run, r.model, f"{_fmt(r.auc)} [{r.auc_ci}]", f"{_fmt(r.sensitivity)} [{r.sensitivity_ci}]",
@@ -675,7 +682,7 @@ def demo(out: Path = typer.Option(Path("cxrlab-demo"), help="Folder for the synt
     console.print(f"trained {run.info['model']['name']} ({run.info['parameters']:,} parameters) in "
                   f"{run.info['train_seconds']:.1f}s; best epoch {run.best_epoch}, "
                   f"val AUC {run.history['val_auc'].iloc[run.best_epoch - 1]:.3f}; run: {run.dir.path}")
-    _print_metrics(result["metrics"], run.dir.path)
+    _print_metrics(result["metrics"], Path(result["metrics"]["folder"]))
     console.print(f"heatmaps (LayerCAM, Grad-CAM, Grad-CAM++, Score-CAM; test images, one per patient): {result['explain_dir']}/")
     p = result["pointing"]
     console.print(f"LayerCAM's peak falls inside the effusion's box on {p['pointing_game']:.0%} of the "

@@ -42,37 +42,54 @@ def run_labels(run_dirs: list[str | Path]) -> list[str]:
     return [str(d) for d in run_dirs]
 
 
-def comparability_warnings(run_dirs: list[str | Path], split: str) -> list[str]:
-    """What makes a side-by-side table misleading: other tasks, or other images in the split."""
+def comparability_warnings(run_dirs: list[str | Path], split: str, eval_dirs: list[Path] | None = None) -> list[str]:
+    """What makes a side-by-side table misleading: other tasks, or other images in the split (those the
+    evaluations in `eval_dirs` scored, when given: one finding of a multi-label run scores a subset)."""
     labels = run_labels(run_dirs)
-    tasks = {label: RunDir(d).read_info().get("task") for label, d in zip(labels, run_dirs)}
-    images = {}
-    for label, d in zip(labels, run_dirs):
-        frame = RunDir(d).read_split()
-        images[label] = frozenset(frame["path"] if split == "all" else frame.loc[frame["split"] == split, "path"])
+    tasks, images = {}, {}
+    for k, (label, d) in enumerate(zip(labels, run_dirs)):
+        task = RunDir(d).read_info().get("task") or {}
+        tasks[label] = {"positive": task.get("positive"), "negatives": task.get("negatives")}
+        if eval_dirs is not None:
+            m = json.loads((eval_dirs[k] / "metrics.json").read_text())
+            tasks[label] = m.get("classes", tasks[label])
+            images[label] = frozenset(pd.read_csv(eval_dirs[k] / "predictions.csv")["path"])
+        else:
+            frame = RunDir(d).read_split()
+            images[label] = frozenset(frame["path"] if split == "all" else frame.loc[frame["split"] == split, "path"])
     warnings = []
     if len({str(t) for t in tasks.values()}) > 1:
         warnings.append("the runs have different tasks: " + "; ".join(
-            f"{k}: {t['positive']} vs {' / '.join(t['negatives'])}" for k, t in tasks.items() if t))
+            f"{k}: {t['positive']} vs {' / '.join(t['negatives'] or [])}" for k, t in tasks.items() if t))
     if len(set(images.values())) > 1:
         warnings.append(f"the runs' {split} sets differ (" + ", ".join(f"{k}: {len(v)} images" for k, v in images.items())
                         + "): their metrics are not measured on the same patients")
     return warnings
 
 
-def compare_runs(run_dirs: list[str | Path], split: str = "test", out: str | Path = "comparison") -> pd.DataFrame:
+def compare_runs(run_dirs: list[str | Path], split: str = "test", out: str | Path = "comparison",
+                 finding: str | None = None, negative: str | list[str] | None = None) -> pd.DataFrame:
     """Evaluate runs that have not been evaluated, then write comparison.csv, comparison.md and
-    roc_comparison.png into `out`. Returns the table; `table.attrs["warnings"]` says what makes the
-    comparison unfair (other tasks or test sets)."""
-    from .evaluate import evaluate_run
+    roc_comparison.png into `out`. A multi-label run takes part through one `finding`, scored as a binary
+    task against `negative` (evaluate --finding). Returns the table; `table.attrs["warnings"]` says what
+    makes the comparison unfair (other tasks or test sets)."""
+    from ..errors import CxrlabError
+    from .evaluate import evaluate_run, finding_eval_dir
 
-    rows, curves = [], []
+    rows, curves, eval_dirs = [], [], []
     labels = run_labels(run_dirs)
     for label, d in zip(labels, run_dirs):
         run = RunDir(d)
-        metrics_path = run.eval_dir(split) / "metrics.json"
-        if not metrics_path.exists():
+        multilabel = "findings" in (run.read_info().get("task") or {})
+        if multilabel and not finding:
+            raise CxrlabError(f"{run.path} scores several findings: pass --finding to compare one of them")
+        folder = finding_eval_dir(run, split, finding) if multilabel else run.eval_dir(split)
+        metrics_path = folder / "metrics.json"
+        if multilabel:  # always again: --negative may differ from the last time
+            evaluate_run(run, split=split, finding=finding, data_negative=negative)
+        elif not metrics_path.exists():
             evaluate_run(run, split=split)
+        eval_dirs.append(folder)
         m = json.loads(metrics_path.read_text())
         info = run.read_info()
         rows.append({"run": label, "model": info["model"]["name"], "images": m["n"], "auc": m["auc"],
@@ -81,10 +98,10 @@ def compare_runs(run_dirs: list[str | Path], split: str = "test", out: str | Pat
                      "specificity_ci": _ci(m["ci95"]["specificity"]), "accuracy": m["accuracy"],
                      "majority_rate": m["majority_rate"], "threshold": m["operating_point"]["threshold"],
                      "policy": m["operating_point"]["policy"], "train_seconds": info["train_seconds"]})
-        scores = pd.read_csv(run.eval_dir(split) / f"{split}_yscores.csv")
+        scores = pd.read_csv(folder / f"{split}_yscores.csv")
         curves.append((f"{label} ({info['model']['name']})", scores["y_true"].to_numpy(), scores["y_score"].to_numpy()))
     table = pd.DataFrame(rows, columns=COLUMNS)
-    table.attrs["warnings"] = comparability_warnings(run_dirs, split)
+    table.attrs["warnings"] = comparability_warnings(run_dirs, split, eval_dirs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "comparison.csv", index=False)

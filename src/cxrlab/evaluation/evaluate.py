@@ -47,7 +47,8 @@ def evaluation_point(model: RunModel, own, policy: str | None, calibrate: bool) 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
                  policy: str | None = None, tta: int | None = None, calibrate: bool = False,
                  n_resamples: int = 1000, seed: int = 0, data_positive: str | None = None,
-                 data_negative: str | list[str] | None = None, site: str | None = None) -> dict:
+                 data_negative: str | list[str] | None = None, site: str | None = None,
+                 finding: str | None = None) -> dict:
     """Evaluate a run on its own `split` (or on every image of another data set `data`, whose labels
     for the run's classes are `data_positive` / `data_negative` when they are named otherwise) and write
     eval/<split>/ into the run directory. Read-only on the run itself: the operating point is the
@@ -55,14 +56,26 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
 
     With `data` from a site that has its own operating point (`site`, or the site whose threshold was
     chosen on a sample of `data`), the sample's images are left out and the metrics at the site's
-    threshold are added beside those at the source's (`metrics["site"]`). Returns the metrics
-    dictionary (also metrics.json)."""
+    threshold are added beside those at the source's (`metrics["site"]`).
+
+    A multi-label run is evaluated per finding; with `finding`, that one finding is scored as a binary task
+    against `data_negative` (default: the normal label, e.g. No Finding) on the same test patients, into
+    eval/<split>/finding-<name>/, so it compares with a binary run. Returns the metrics dictionary (also
+    metrics.json)."""
     run = RunDir(run_dir)
     if split not in ("test", "val", "all"):
         raise CxrlabError(f"--split must be test, val or all, got {split!r}")
     if site and data is None:
         raise CxrlabError("--site names another site's operating point: use it with --data, that site's images")
     model = RunModel(run, tta=tta)
+    if finding is not None:
+        if not model.findings:
+            raise CxrlabError(f"{run.path} scores one task ({model.positive} vs {model.negative}); --finding picks one "
+                              "finding of a multi-label run")
+        if data is not None or site or calibrate or policy:
+            raise CxrlabError("--finding evaluates the run's own split at the finding's stored threshold: "
+                              "--data, --site, --calibrate and --threshold do not apply")
+        return _evaluate_one_finding(model, finding, data_negative, split, n_resamples, seed)
     if model.findings:
         return _evaluate_findings(model, data, split, policy, calibrate, n_resamples, seed, site)
     own = model.own_data() if data is None else None  # with --data, loaded only if a point must be chosen
@@ -81,15 +94,24 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
             site_eval = (site, site_point, left_out)
     else:
         scored = model.score_data(own, split)
+    return _binary_evaluation(scored, point, stored, split, model.tta, model.positive, model.negative,
+                              run.eval_dir(split), n_resamples, seed, site_eval)
+
+
+def _binary_evaluation(scored: pd.DataFrame, point: OperatingPoint, stored: bool, split: str, tta: int,
+                       positive: str, negative: str, out: Path, n_resamples: int, seed: int, site_eval=None):
+    """Metrics with CIs, CSVs and figures of binary scores (path, patient, y, score) at `point`, into `out`."""
     threshold = point.threshold
-    scored["label"] = scored["y"].map({1: model.positive, 0: model.negative})
+    scored["label"] = scored["y"].map({1: positive, 0: negative})
     scored["predicted"] = (scored["score"] >= threshold).astype(int)
     y, score, patients = scored["y"].to_numpy(), scored["score"].to_numpy(), scored["patient"].to_numpy()
 
     metrics = binary_metrics(y, score, threshold)
     metrics["operating_point"] = {**point.to_dict(), "stored": stored}
     metrics["split"] = split
-    metrics["tta"] = model.tta
+    metrics["classes"] = {"positive": positive, "negatives": negative.split("/")}
+    metrics["folder"] = str(out)
+    metrics["tta"] = tta
     metrics["patients"] = int(pd.Series(patients).nunique())
     metrics["ci95"] = {"auc": list(bootstrap_ci(y, score, patients, n_resamples=n_resamples, seed=seed)[1:]),
                        **_call_cis(y, score, patients, threshold, n_resamples, seed)}
@@ -104,7 +126,6 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     if len(np.unique(y)) == 2:
         metrics["calibration"] = calibration_summary(y, score)
 
-    out = run.eval_dir(split)
     out.mkdir(parents=True, exist_ok=True)
     columns = ["path", "patient", "label", "y", "score", "predicted"]
     if site_eval:  # the call at the site's own threshold beside the source's
@@ -121,7 +142,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     if len(np.unique(y)) == 2:
         fpr, tpr, thr = roc_curve(y, score)
         pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thr, 1.0)}).to_csv(out / f"{split}_roc.csv", index=False)
-    labels = [model.negative, model.positive]
+    labels = [negative, positive]
     plots.roc_plot(y, score, patients, metrics, out / "roc.png", f"ROC ({split})")
     plots.pr_plot(y, score, out / "pr.png")
     plots.confusion_plot(metrics, labels, out / "confusion.png")
@@ -144,6 +165,33 @@ def _evaluate_findings(model: RunModel, data, split: str, policy: str | None, ca
     if policy is not None or model.point is None:  # for this evaluation only: `cxrlab threshold` stores one
         model.use_point(model.choose_point(policy))
     return evaluate_findings(model, model.own_data(), split, model.run.eval_dir(split), n_resamples, seed)
+
+
+def _evaluate_one_finding(model: RunModel, finding: str, negative, split: str, n_resamples: int, seed: int):
+    """One finding of a multi-label run as a binary task: images carrying it against those whose labels are
+    all among `negative` (the binary tasks' rule; default the normal label), at the finding's threshold."""
+    from ..data.tasks import Task, label_frame, make_task
+
+    if model.point is None:
+        model.use_point(model.choose_point())
+    own = model.own_data()
+    name = {f.casefold(): f for f in model.findings}.get(finding.strip().casefold())
+    if name is None:
+        raise CxrlabError(f"{model.run.path} does not score {finding!r}; its findings: {', '.join(model.findings)}")
+    task: Task = make_task(own.manifest, name, negative)
+    binary, _ = label_frame(own.manifest, task)
+    scored = model.score_data(own, split)
+    scored = scored.merge(binary[["path", "y"]], on="path")[["path", "patient", "y", f"score:{name}"]]
+    scored = scored.rename(columns={f"score:{name}": "score"})
+    threshold = float(model.threshold[model.findings.index(name)])
+    point = OperatingPoint(model.point.policy, threshold, None, model.tta, "val (multi-label, this finding's)")
+    return _binary_evaluation(scored, point, True, split, model.tta, task.positive, "/".join(task.negatives),
+                              finding_eval_dir(model.run, split, name), n_resamples, seed)
+
+
+def finding_eval_dir(run: RunDir, split: str, finding: str) -> Path:
+    """Where one finding of a multi-label run, evaluated as a binary task, is written."""
+    return run.eval_dir(split) / f"finding-{finding}"
 
 
 def _call_cis(y, score, patients, threshold: float, n_resamples: int, seed: int) -> dict:

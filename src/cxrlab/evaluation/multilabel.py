@@ -99,7 +99,8 @@ def evaluate_findings(model: RunModel, data, split: str, out, n_resamples: int =
                "ci_method": f"percentile bootstrap, {n_resamples} resamples of patients, seed {seed}; the macro "
                             "mean's CI averages the findings' AUCs within each resample",
                "operating_point": model.point.to_dict() if model.point else None,
-               "findings": json.loads(table.to_json(orient="records")), "chexnet_note": CHEXNET_NOTE}
+               "findings": json.loads(table.to_json(orient="records")), "chexnet_note": CHEXNET_NOTE,
+               "folder": str(out)}
     if note:
         metrics["note"] = note
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
