@@ -191,3 +191,53 @@ def test_one_finding_of_a_multilabel_run_compares_with_a_binary_run(two_findings
         compare_runs([multi.dir, binary.dir], out=tmp_path / "cmp2")
     with pytest.raises(CxrlabError, match="does not score 'Nodule'"):
         evaluate_run(multi.dir, finding="Nodule")
+
+
+@pytest.mark.slow
+def test_explain_a_finding_of_a_multilabel_run(two_findings, tmp_path):
+    """The Mark finding's map peaks on the square; by default each image explains its own top finding."""
+    from cxrlab.saliency import explain
+    from cxrlab.training import train
+
+    run = train(TrainConfig.recipe("lesson", source=str(two_findings), findings="Mark,Effusion", epochs=12,
+                                   image_size=64, cache_dir=str(tmp_path / "cache")), tmp_path / "run").dir.path
+    frame = pd.read_csv(two_findings)
+    marked_images = [str(two_findings.parent / "images" / n) for n, labels in
+                     zip(frame["Image Index"], frame["Finding Labels"]) if labels == "Mark"][:6]
+    exp = explain(run, marked_images, ["gradcam"], finding="mark")
+    assert exp.findings == ["Mark"] * 6
+    peaks = [np.unravel_index(np.argmax(m), m.shape) for m in exp.maps["gradcam"]]
+    inside = [8 <= r <= 8 + 10 + 4 and 8 <= c <= 8 + 10 + 4 for r, c in peaks]  # the square: rows/cols 8-18 at 64 px
+    assert sum(inside) >= 4, peaks
+    by_default = explain(run, marked_images, ["gradcam"])
+    assert set(by_default.findings) <= {"Mark", "Effusion"} and len(by_default.findings) == 6
+    with pytest.raises(CxrlabError, match="does not score 'Nodule'"):
+        explain(run, marked_images, ["gradcam"], finding="Nodule")
+
+
+@pytest.mark.slow
+def test_exported_multilabel_model_has_an_output_per_finding(two_findings, tmp_path):
+    """ONNX: K outputs; the standalone predictor (no torch) prints every finding with cxrlab's plain scores."""
+    import subprocess
+    import sys
+
+    from cxrlab.inference import RunModel
+    from cxrlab.serving.export import export_run
+    from cxrlab.training import train
+
+    run = train(TrainConfig.recipe("lesson", source=str(two_findings), findings="Mark,Effusion", epochs=2,
+                                   image_size=64, cache_dir=str(tmp_path / "cache")), tmp_path / "run").dir.path
+    path = export_run(run, out=tmp_path / "export")
+    meta = json.loads((tmp_path / "export" / "preprocess.json").read_text())
+    assert meta["findings"] == ["Mark", "Effusion"] and set(meta["thresholds"]) == {"Mark", "Effusion"}
+    images = sorted(str(p) for p in (two_findings.parent / "images").iterdir())[:3]
+    code = ("import sys, runpy; sys.modules['torch'] = None; "
+            f"sys.argv = ['p', *{images!r}]; runpy.run_path({str(path.parent / 'onnx_predict.py')!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    model = RunModel(run, device="cpu", tta=0)
+    plain = model.predict_proba(np.stack([model.read(p) for p in images]))
+    for row, expected in zip(printed, plain):
+        by_name = {f["finding"]: f["probability"] for f in row["findings"]}
+        assert np.allclose([by_name["Mark"], by_name["Effusion"]], expected, atol=1e-4)

@@ -445,7 +445,9 @@ def explain(
     boxes_images: Optional[Path] = typer.Option(None, help="Folder with the boxed images (default: the run's data)."),
     boxes_space: Optional[int] = typer.Option(None, help="Size of the images the boxes were drawn on (NIH's: 1024); "
                                               "default: each image's own."),
-    finding: Optional[str] = typer.Option(None, help="With --boxes: the boxes' finding (default: the run's positive)."),
+    finding: Optional[str] = typer.Option(None, help="A multi-label run: the finding to explain (default per image: its "
+                                          "most probable finding at or above its threshold, else its most probable). "
+                                          "With --boxes: the boxes' finding (default: the run's positive)."),
     faithfulness: bool = typer.Option(False, help="With --boxes: also ROAD scores per method."),
     limit: int = typer.Option(8, help="How many test images to draw when none are given."),
     seed: int = typer.Option(0, help="Seed of the representative draw."),
@@ -464,7 +466,7 @@ def explain(
         paths, how = ex.representative_images(run, limit, seed)
         images = [Path(p) for p in paths]
         console.print(f"explaining {how}", highlight=False)
-    exp = ex.explain(run, images, methods, target_layer)
+    exp = ex.explain(run, images, methods, target_layer, finding=finding if cfg.findings else None)
     ex.save_explanation(exp, out, positive)
     console.print(f"explained {len(exp.paths)} image(s) with {', '.join(methods)} ({exp.resolution}): {out}/",
                   highlight=False)

@@ -33,14 +33,14 @@ class Explanation:
     original_sizes: list[tuple[int, int]] = field(default_factory=list)
     layer: str = ""  # the explained layer's name
     native: tuple[int, int] = (0, 0)  # the maps' resolution at that layer, before upsampling
+    findings: list[str] | None = None  # multi-label: the finding each image's maps and probability are for
 
     def plot(self, positive: str = "positive", max_images: int = 8):
         """The images with each method's heatmap beside them (a matplotlib Figure)."""
         from .figures import overlay_figure
 
         n = min(len(self.paths), max_images)
-        titles = [f"{Path(p).name}\ntrue: {lab or 'unknown'} | P({positive}) = {pr:.2f}"
-                  for p, lab, pr in zip(self.paths[:n], self.labels[:n], self.probabilities[:n])]
+        titles = _titles(self, positive)[:n]
         return overlay_figure(self.images[:n], {m: v[:n] for m, v in self.maps.items()}, titles)
 
     def _repr_html_(self) -> str:
@@ -91,6 +91,12 @@ def representative_images(run_dir, n: int = 8, seed: int = 0) -> tuple[list[str]
     return picked["path"].tolist(), how
 
 
+def _titles(exp: Explanation, positive: str) -> list[str]:
+    targets = exp.findings or [positive] * len(exp.paths)
+    return [f"{Path(p).name}\ntrue: {lab or 'unknown'} | P({t}) = {pr:.2f}"
+            for p, lab, pr, t in zip(exp.paths, exp.labels, exp.probabilities, targets)]
+
+
 def _known_labels(model: RunModel) -> dict[str, str]:
     split = model.run.read_split()
     return {str(Path(p).resolve()): (model.positive if y == 1 else model.negative)
@@ -107,12 +113,16 @@ def load_images(paths: list[str], size: int) -> tuple[np.ndarray, list[tuple[int
 
 
 def explain(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | None = None,
-            batch_size: int = 16) -> Explanation:
-    """Heatmaps of `methods` for image files (or folders) under a run's model, positive class."""
+            batch_size: int = 16, finding: str | None = None) -> Explanation:
+    """Heatmaps of `methods` for image files (or folders) under a run's model, positive class. A multi-label
+    run explains `finding`, or per image its most probable finding among those at or above their
+    thresholds (else its most probable one); `Explanation.findings` says which."""
     run_model = RunModel(run_dir, device="cpu")  # its model, and the probability `cxrlab predict` gives
     model, spec = explainable_copy(run_model.model).float(), run_model.spec
     paths = expand_paths(images)
     pixels, sizes = load_images(paths, spec.image_size)
+    probs = run_model.predict_proba(pixels)
+    outputs = target_findings(run_model, probs, finding)
     layer = resolve_layer(model, target_layer, spec.image_size)
     native = layer_resolution(model, layer, spec)
     known = _known_labels(run_model)
@@ -121,11 +131,31 @@ def explain(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | None =
         batch = normalize(torch.from_numpy(pixels[start:start + batch_size]).unsqueeze(1), spec.normalization,
                           spec.in_chans).contiguous()
         for method in methods:
-            maps[method].append(compute_maps(model, batch, method, layer))
+            maps[method].append(compute_maps(model, batch, method, layer,
+                                             outputs=outputs[start:start + batch_size] if outputs else None))
     # the probability `cxrlab predict` gives (test-time views, calibration), not a second opinion
-    probs = run_model.predict_proba(pixels)
-    return Explanation(paths, pixels, probs, [known.get(str(Path(p).resolve())) for p in paths],
-                       {m: np.concatenate(v) for m, v in maps.items()}, sizes, layer_name(model, layer), native)
+    exp = Explanation(paths, pixels, probs[np.arange(len(paths)), outputs] if outputs else probs,
+                      [known.get(str(Path(p).resolve())) for p in paths],
+                      {m: np.concatenate(v) for m, v in maps.items()}, sizes, layer_name(model, layer), native)
+    if outputs:
+        exp.findings = [run_model.findings[k] for k in outputs]
+    return exp
+
+
+def target_findings(model: RunModel, probs: np.ndarray, finding: str | None) -> list[int] | None:
+    """The output each image's map explains: None for a binary run; `finding`'s for all; else per image the
+    most probable finding at or above its threshold, or the most probable one when none is."""
+    if not model.findings:
+        if finding is not None:
+            raise CxrlabError(f"--finding picks a finding of a multi-label run; {model.run.path} scores {model.positive}")
+        return None
+    if finding is not None:
+        names = {f.casefold(): k for k, f in enumerate(model.findings)}
+        if finding.strip().casefold() not in names:
+            raise CxrlabError(f"{model.run.path} does not score {finding!r}; its findings: {', '.join(model.findings)}")
+        return [names[finding.strip().casefold()]] * len(probs)
+    above = np.where(probs >= model.threshold, probs, -1.0)
+    return [int(np.argmax(a) if a.max() >= 0 else np.argmax(p)) for a, p in zip(above, probs)]
 
 
 def save_explanation(exp: Explanation, out: str | Path, positive: str) -> list[Path]:
@@ -134,8 +164,7 @@ def save_explanation(exp: Explanation, out: str | Path, positive: str) -> list[P
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    titles = [f"{Path(p).name}\ntrue: {lab or 'unknown'} | P({positive}) = {pr:.2f}"
-              for p, lab, pr in zip(exp.paths, exp.labels, exp.probabilities)]
+    titles = _titles(exp, positive)
     written = []
     for i, path in enumerate(exp.paths):
         stem = Path(path).stem

@@ -70,10 +70,14 @@ METHODS: dict[str, type] = {
 
 
 class PositiveLogit:
-    """pytorch-grad-cam target: the positive-class logit of a one-logit model."""
+    """pytorch-grad-cam target: the positive-class logit of a one-logit model, or the `output`-th logit
+    (a finding of a multi-label model)."""
+
+    def __init__(self, output: int = 0):
+        self.output = output
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
-        return model_output.reshape(-1)[0] if model_output.dim() <= 1 else model_output[..., 0]
+        return model_output.reshape(-1)[self.output] if model_output.dim() <= 1 else model_output[..., self.output]
 
 
 def linear_head(model: nn.Module) -> bool:
@@ -167,9 +171,9 @@ def explainable_copy(model: nn.Module) -> nn.Module:
 
 
 def compute_maps(model: nn.Module, batch: torch.Tensor, method: str, target_layer: nn.Module,
-                 batch_size: int = 64) -> np.ndarray:
-    """N x H x W maps in [0, 1] for the positive class. Uses the CAM object as a context manager so
-    its hooks are always removed."""
+                 batch_size: int = 64, outputs: list[int] | None = None) -> np.ndarray:
+    """N x H x W maps in [0, 1] for the positive class (multi-label: for each image's finding `outputs[i]`).
+    Uses the CAM object as a context manager so its hooks are always removed."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if method == "cam" and not linear_head(model):
@@ -179,7 +183,7 @@ def compute_maps(model: nn.Module, batch: torch.Tensor, method: str, target_laye
     with _gradients_start_at(model, target_layer), cls(model=model, target_layers=[target_layer]) as cam:
         cam.batch_size = batch_size  # Score-CAM and Ablation-CAM score their masked inputs in batches
         with torch.enable_grad():
-            maps = cam(input_tensor=batch, targets=[PositiveLogit() for _ in range(len(batch))])
+            maps = cam(input_tensor=batch, targets=[PositiveLogit(k) for k in (outputs or [0] * len(batch))])
     return np.nan_to_num(np.asarray(maps, dtype=np.float32))
 
 

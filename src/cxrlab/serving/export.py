@@ -26,6 +26,9 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         raise ConfigError(f"--format must be onnx or torchscript, got {fmt!r}")
     predictor = RunModel(run_dir, device="cpu")
     point = {"threshold": predictor.threshold, "policy": predictor.policy, "temperature": predictor.temperature}
+    if predictor.findings:  # one threshold per finding, keyed by name
+        point = {"threshold": None, "thresholds": dict(zip(predictor.findings, map(float, predictor.threshold))),
+                 "policy": predictor.policy, "temperature": None}
     if predictor.views and predictor.point is not None:
         # the exported model scores the plain image: its threshold is chosen on plain validation scores
         from ..evaluation.evaluate import plain_operating_point
@@ -52,6 +55,10 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         "normalization": predictor.spec.normalization, "positive": predictor.positive,
         "negative": predictor.negative, "threshold": point["threshold"], "policy": point["policy"],
         "temperature": point["temperature"], "test_time_views": 0,
+        # multi-label: the model's K outputs are these findings, in this order, each with its threshold
+        **({"findings": predictor.findings,
+            "thresholds": {f: (point.get("thresholds") or {}).get(f, 0.5) for f in predictor.findings}}
+           if predictor.findings else {}),
         "resize": "cxrlab_images.read_image: cxrlab's own decoding, 8-bit grayscale, square bilinear resize",
     }, indent=2))
     return path

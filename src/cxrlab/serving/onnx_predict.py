@@ -26,8 +26,14 @@ def predict(paths: list[str], folder: Path) -> list[dict]:
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     pixels = np.stack([read_image(p, meta["image_size"])[0] for p in paths])
     batch = normalize_array(pixels, meta["normalization"], meta["channels"])
-    logits = session.run(None, {"image": batch})[0].reshape(-1).astype(np.float64)
-    probs = 1 / (1 + np.exp(-logits))
+    logits = session.run(None, {"image": batch})[0].astype(np.float64)
+    if meta.get("findings"):  # a multi-label model: every finding, highest probability first
+        probs = 1 / (1 + np.exp(-logits.reshape(len(paths), -1)))
+        return [{"path": p, "findings": sorted(({"finding": f, "probability": float(q), "threshold": meta["thresholds"][f],
+                                                 "positive": bool(q >= meta["thresholds"][f])}
+                                                for f, q in zip(meta["findings"], row)), key=lambda r: -r["probability"])}
+                for p, row in zip(paths, probs)]
+    probs = 1 / (1 + np.exp(-logits.reshape(-1)))
     if meta.get("temperature"):  # as cxrlab applies it: to the probability's logit
         eps = 1e-7
         p = np.clip(probs, eps, 1 - eps)

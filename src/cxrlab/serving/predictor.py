@@ -50,7 +50,9 @@ class Predictor(RunModel):
             self.heatmap_resolution = (f"{layer_name(self._explain_model, self._layer)}: {h} x {w}, "
                                        f"upsampled to {self.spec.image_size} px")
         batch = normalize(torch.from_numpy(np.array(pixels)).unsqueeze(1), self.spec.normalization, self.spec.in_chans)
-        return compute_maps(self._explain_model, batch.contiguous(), method, self._layer)
+        # multi-label: each image's map is of its most probable finding (the top of its list)
+        outputs = [int(k) for k in np.argmax(self.predict_proba(pixels), axis=1)] if self.findings else None
+        return compute_maps(self._explain_model, batch.contiguous(), method, self._layer, outputs=outputs)
 
     def score_batch(self, items: list[tuple[np.ndarray, str | None]]) -> list[tuple[float, np.ndarray | None]]:
         """(pixels, heatmap method or None) per request -> (probability, map or None), with one
