@@ -126,6 +126,10 @@ def test_train_evaluate_and_predict_every_finding(two_findings, tmp_path):
     assert metrics["macro_auc"] == pytest.approx(table["auc"].mean())
     for name in ("roc_grid.png", "auc_bars.png", "roc.csv", "predictions.csv"):
         assert (run / "eval" / "test" / name).stat().st_size > 100
+    assert runner.invoke(app, ["report", str(run)]).exit_code == 0
+    page = (run / "report.html").read_text()
+    assert "Per-finding metrics" in page and "Mark" in page and "another, much larger NIH test split" in page
+    assert "<td>Mark</td>" in page and "<td>Effusion</td>" in page and "<td>0.864</td>" in page  # CheXNet's effusion
 
     scored = pd.read_csv(run / "eval" / "test" / "predictions.csv")
     images = scored["path"].head(3).tolist()

@@ -91,6 +91,8 @@ def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap
     m = json.loads(metrics_path.read_text())
     cfg = to_dict(run.read_config())
     task = info["task"]
+    if "findings" in task:
+        return _write_findings_report(run, info, m, cfg, split)
     title = f"{task['positive']} vs {' / '.join(task['negatives'])}: {info['model']['name']}"
     ci, op, cmat = m["ci95"], m["operating_point"], m["confusion_matrix"]
     counts = [(s, c["images"], c["positives"], c["images"] - c["positives"], c["patients"])
@@ -168,6 +170,59 @@ def write_report(run_dir: str | Path, split: str = "test", top: int = 8, heatmap
             ("not a medical device", "Outputs must not inform clinical decisions."),
             ("versions", ", ".join(f"{k} {v}" for k, v in info["versions"].items())
              + (f"; git {info['git_commit'][:10]}" if info.get("git_commit") else "")),
+        ]),
+        "<h2 id='configuration'>Configuration</h2>", f"<pre>{html.escape(yaml.safe_dump(cfg, sort_keys=False))}</pre>",
+        "</body></html>",
+    ]
+    run.report.write_text("".join(parts))
+    return run.report
+
+
+def _write_findings_report(run: RunDir, info: dict, m: dict, cfg: dict, split: str) -> Path:
+    """The report of a multi-label run: the per-finding table with CIs, CheXNet's published AUCs beside it
+    (labelled as another test set), the ROC small multiples and the AUC bars."""
+    findings = info["task"]["findings"]
+    title = f"{len(findings)} findings: {info['model']['name']}"
+    eval_dir = run.eval_dir(split)
+    counts = [(s, c["images"], c["patients"]) for s, c in info["counts"].items()]
+    per = [(r["finding"], r["positives"], r["negatives"], f"{_f(r['auc'])} [{_f(r['auc_low'])} - {_f(r['auc_high'])}]",
+            _f(r["average_precision"]), f"{r['threshold']:.4g}",
+            f"{_f(r['sensitivity'])} [{_f(r['sensitivity_low'])} - {_f(r['sensitivity_high'])}]",
+            f"{_f(r['specificity'])} [{_f(r['specificity_low'])} - {_f(r['specificity_high'])}]",
+            _f(r["chexnet_2017"]) if r["chexnet_2017"] is not None else "")
+           for r in m["findings"]]
+    low, high = m["macro_auc_ci"]
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><p class='muted'>cxrlab report, run {html.escape(str(run.path))}</p>",
+        "<p class='warn'><b>Not a medical device.</b> For teaching and research only; not for diagnosis.</p>",
+        "<h2 id='data'>Data</h2>", f"<p>Source: {html.escape(str(info['source']))}; findings: "
+        f"{html.escape(', '.join(findings))}.</p>", _table(counts, ("split", "images", "patients")),
+        "<p>Split by patient (no patient in two splits), stratified over every finding.</p>",
+        "".join(f"<p class='muted'>note: {html.escape(n)}</p>" for n in info.get("notes", [])),
+        "<h2 id='training'>Training</h2>",
+        f"<p>{info['parameters']:,} parameters; {info['epochs_run']} epochs in {info['train_seconds']:.0f} s on "
+        f"{html.escape(info['device'])}; best epoch {info['best_epoch']} by the mean validation AUC over the findings"
+        f"{'; stopped early' if info['stopped_early'] else ''}.</p>",
+        f"<div>{_file_img(run.curves, 'learning curves')}</div>",
+        f"<h2 id='metrics'>Per-finding metrics ({html.escape(m['split'])}: {m['n']} images, {m['patients']} patients)</h2>",
+        f"<p>Macro mean AUC <b>{_f(m['macro_auc'])}</b> [95% CI {_f(low)} - {_f(high)}] over "
+        f"{len(m['macro_over'])} findings. Sensitivity and specificity at each finding's threshold, chosen on "
+        f"validation ({html.escape((m.get('operating_point') or {}).get('policy', ''))}).</p>",
+        _table(per, ("finding", "positives", "negatives", "AUC [95% CI]", "AP", "threshold", "sensitivity [CI]",
+                     "specificity [CI]", "CheXNet 2017*")),
+        f"<p class='muted'>*{html.escape(m['chexnet_note'])}. CIs: {html.escape(m['ci_method'])}. A finding with few "
+        "positive patients has a wide interval: read the interval, not the point.</p>",
+        f"<div class='figs'>{_file_img(eval_dir / 'auc_bars.png', 'AUC per finding')}</div>",
+        f"<div>{_file_img(eval_dir / 'roc_grid.png', 'ROC per finding')}</div>",
+        "<h2 id='model-card'>Model card</h2>",
+        _table([
+            ("intended use", MODEL_CARD["intended_use"].format(positive=", ".join(findings))),
+            ("model", f"{info['model']['name']}, {len(findings)} outputs, input {info['model']['image_size']} px, "
+                      f"normalisation {info['model']['normalization']}"),
+            ("limitations", MODEL_CARD["limitations"]),
+            ("not a medical device", "Outputs must not inform clinical decisions."),
         ]),
         "<h2 id='configuration'>Configuration</h2>", f"<pre>{html.escape(yaml.safe_dump(cfg, sort_keys=False))}</pre>",
         "</body></html>",
