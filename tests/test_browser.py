@@ -95,3 +95,49 @@ def test_quiz_three_rounds_keeps_score(server, page):
     you, model = int(page.inner_text("#you")), int(page.inner_text("#model"))
     assert 0 <= you <= 3 and 0 <= model <= 3
     page.screenshot(path=str(ARTIFACTS / "quiz.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def multi_server(tmp_path_factory):
+    """A small multi-label run (Mark and Effusion, test_multilabel's synthetic set) behind the web page."""
+    import uvicorn
+
+    from cxrlab.config import TrainConfig
+    from cxrlab.serving.app import create_app
+    from cxrlab.training import train
+    from test_multilabel import write_two_findings
+
+    tmp = tmp_path_factory.mktemp("multi-web")
+    data = write_two_findings(tmp / "nih")
+    run = train(TrainConfig.recipe("lesson", source=str(data), findings="Mark,Effusion", epochs=2, image_size=64,
+                                   cache_dir=str(tmp / "cache")), tmp / "run").dir.path
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(run, seed=1), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", data.parent / "images"
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_a_multilabel_model_lists_every_finding_and_maps_the_one_clicked(multi_server, page):
+    url, images = multi_server
+    page.goto(url + "/")
+    page.wait_for_selector("#card dt")
+    assert "2 findings at once: Mark, Effusion" in page.inner_text("#card")
+    page.set_input_files("#file", str(sorted(images.iterdir())[0]))
+    page.wait_for_selector("#findings:not([hidden]) .finding")
+    rows = page.query_selector_all("#findings .finding")
+    assert len(rows) == 2 and {r.get_attribute("data-finding") for r in rows} == {"Mark", "Effusion"}
+    first_map = page.get_attribute("#heat", "src")
+    other = rows[1].get_attribute("data-finding")  # not the top one, whose map shows first
+    rows[1].click()
+    page.wait_for_function(f"document.getElementById('mapnote').textContent.includes('map of {other}')")
+    assert page.get_attribute("#heat", "src") != first_map
+    assert page.get_attribute(f"#findings .finding[data-finding='{other}']", "class").endswith("shown")
+    page.screenshot(path=str(ARTIFACTS / "predict-multilabel.png"), full_page=True)

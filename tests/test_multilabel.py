@@ -32,8 +32,11 @@ def marked(img: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def two_findings(tmp_path_factory):
+    return write_two_findings(tmp_path_factory.mktemp("ml") / "nih")
+
+
+def write_two_findings(root):
     """labels.csv + images/: 90 patients, 1-2 images each, with Effusion and/or Mark or No Finding."""
-    root = tmp_path_factory.mktemp("ml") / "nih"
     rows = []
     for i in range(150):
         patient = i * 3 // 5 + 1

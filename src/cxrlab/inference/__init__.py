@@ -120,10 +120,15 @@ class RunModel:
     def card(self) -> dict:
         """The model card the server and the report show (one text, `runs.MODEL_CARD`)."""
         info = self.run.read_info() if self.run.info.exists() else {}
-        return {"model": self.spec.name, "task": {"positive": self.positive, "negative": self.negative},
+        if self.findings:  # multi-label: the findings, each with its own threshold
+            task = {"findings": self.findings, "positive": ", ".join(self.findings), "negative": self.negative}
+            threshold = dict(zip(self.findings, map(float, self.threshold)))
+        else:
+            task, threshold = {"positive": self.positive, "negative": self.negative}, self.threshold
+        return {"model": self.spec.name, "task": task,
                 "input": {"size": self.spec.image_size, "channels": self.spec.in_chans,
                           "normalization": self.spec.normalization},
-                "threshold": self.threshold, "policy": self.policy, "test_time_views": len(self.views),
+                "threshold": threshold, "policy": self.policy, "test_time_views": len(self.views),
                 "trained_on": info.get("counts"),
                 "intended_use": MODEL_CARD["intended_use"].format(positive=self.positive),
                 "limitations": MODEL_CARD["limitations"]}

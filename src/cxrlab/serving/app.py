@@ -14,6 +14,7 @@ import logging
 import random
 from collections import OrderedDict
 from pathlib import Path
+from typing import Optional
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -194,7 +195,9 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
 
     @app.post("/api/predict")
     async def predict(file: UploadFile = File(...), heatmap: bool = Query(False),
-                      method: str = Query(DEFAULT_MAP_METHOD)):
+                      method: str = Query(DEFAULT_MAP_METHOD),
+                      finding: Optional[str] = Query(None, description="multi-label: the finding the heatmap is for "
+                                                     "(default: the most probable)")):
         data = await file.read(limit + 1)
         if len(data) > limit:
             raise ApiError(413, f"upload larger than {max_upload_mb:g} MB")
@@ -203,16 +206,22 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
             raise ApiError(415, "not a supported image: send PNG, JPEG, TIFF, BMP or DICOM")
         if heatmap and method not in METHODS:
             raise ApiError(400, f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        if finding is not None and finding not in (predictor.findings or []):
+            raise ApiError(400, f"unknown finding {finding!r}; this model scores "
+                                f"{', '.join(predictor.findings or [predictor.positive])}")
         check_dimensions(data, kind)
         name = "upload.dcm" if kind == "dicom" else f"upload.{kind}"
         # decoding and scoring leave the event loop free; concurrent requests share one forward pass
         pixels = await run_in_threadpool(predictor.decode, data, name)
-        probability, cam = await batcher.submit((pixels, method if heatmap else None))
+        target = ((method, finding) if finding else method) if heatmap else None
+        probability, cam = await batcher.submit((pixels, target))
         result = predictor.result(name, probability, cam)
         body = {"probability": result.probability, "label": result.label, "positive": result.positive,
                 "threshold": result.threshold, "policy": result.policy, "model": predictor.spec.name}
         if result.findings:  # a multi-label run: every finding, highest probability first
             body["findings"] = result.findings
+            if heatmap:
+                body["heatmap_finding"] = finding or result.findings[0]["finding"]
         if result.heatmap is not None:
             body["heatmap_png"] = base64.b64encode(await run_in_threadpool(heatmap_png, result.heatmap)).decode()
             body["method"] = method
@@ -254,8 +263,10 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
             raise ApiError(400, "guess must be 'normal' or 'finding'")
         row = _quiz_row(answer.id)
         truth = "finding" if int(row["y"]) == 1 else "normal"
-        p = float(predictor.predict_proba(_quiz_pixels(answer.id)[None])[0])
-        model_call = "finding" if p >= predictor.threshold else "normal"
+        # the model's call through the one path predict and the API use (multi-label: any finding at or above
+        # its threshold; the probability is then the top finding's)
+        result = predictor.result("quiz", predictor.predict_proba(_quiz_pixels(answer.id)[None])[0])
+        p, model_call = result.probability, "finding" if result.positive else "normal"
         return {"truth": truth, "truth_label": predictor.positive if truth == "finding" else predictor.negative,
                 "you_correct": answer.guess == truth, "model": {"call": model_call, "probability": p,
                                                                  "correct": model_call == truth}}

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..data.preprocess import normalize
-from ..errors import ImageReadError
+from ..errors import CxrlabError, ImageReadError
 from ..inference import RunModel
 from ..saliency.methods import DEFAULT_MAP_METHOD
 
@@ -39,8 +39,9 @@ class Predictor(RunModel):
     def heatmap(self, pixels: np.ndarray, method: str = DEFAULT_MAP_METHOD) -> np.ndarray:
         return self.heatmaps(pixels[None], method)[0]
 
-    def heatmaps(self, pixels: np.ndarray, method: str = DEFAULT_MAP_METHOD) -> np.ndarray:
-        """N x S x S uint8 -> N x S x S maps in [0, 1], one backward pass for the batch."""
+    def heatmaps(self, pixels: np.ndarray, method: str = DEFAULT_MAP_METHOD, finding: str | None = None) -> np.ndarray:
+        """N x S x S uint8 -> N x S x S maps in [0, 1], one backward pass for the batch. Multi-label: the maps
+        of `finding`, or of each image's most probable finding."""
         from ..saliency.methods import compute_maps, default_target_layer, explainable_copy, layer_name, layer_resolution
 
         if not hasattr(self, "_explain_model"):
@@ -51,7 +52,13 @@ class Predictor(RunModel):
                                        f"upsampled to {self.spec.image_size} px")
         batch = normalize(torch.from_numpy(np.array(pixels)).unsqueeze(1), self.spec.normalization, self.spec.in_chans)
         # multi-label: each image's map is of its most probable finding (the top of its list)
-        outputs = [int(k) for k in np.argmax(self.predict_proba(pixels), axis=1)] if self.findings else None
+        outputs = None
+        if self.findings and finding is not None:
+            if finding not in self.findings:
+                raise CxrlabError(f"unknown finding {finding!r}; this model scores {', '.join(self.findings)}")
+            outputs = [self.findings.index(finding)] * len(pixels)
+        elif self.findings:
+            outputs = [int(k) for k in np.argmax(self.predict_proba(pixels), axis=1)]
         return compute_maps(self._explain_model, batch.contiguous(), method, self._layer, outputs=outputs)
 
     def score_batch(self, items: list[tuple[np.ndarray, str | None]]) -> list[tuple[float, np.ndarray | None]]:
@@ -59,9 +66,10 @@ class Predictor(RunModel):
         forward pass for all and one saliency pass per method: what the server's batcher calls."""
         probs = self.predict_proba(np.stack([px for px, _ in items]))
         maps: list[np.ndarray | None] = [None] * len(items)
-        for method in {m for _, m in items if m}:
+        for method in {m for _, m in items if m}:  # a method, or (method, finding) for a multi-label map
             idx = [i for i, (_, m) in enumerate(items) if m == method]
-            for i, cam in zip(idx, self.heatmaps(np.stack([items[i][0] for i in idx]), method)):
+            name, finding = method if isinstance(method, tuple) else (method, None)
+            for i, cam in zip(idx, self.heatmaps(np.stack([items[i][0] for i in idx]), name, finding)):
                 maps[i] = cam
         return [(p if self.findings else float(p), cam) for p, cam in zip(probs, maps)]
 
