@@ -221,6 +221,19 @@ def test_explain_a_finding_of_a_multilabel_run(two_findings, tmp_path):
     with pytest.raises(CxrlabError, match="does not score 'Nodule'"):
         explain(run, marked_images, ["gradcam"], finding="Nodule")
 
+    # per finding: the boxes of Mark (NIH's layout) against Mark's maps, and the sanity check of Mark's maps
+    from cxrlab.saliency import localisation, sanity_check
+
+    boxes = tmp_path / "BBox_List_2017.csv"
+    pd.DataFrame({"Image Index": [p.rsplit("/", 1)[1] for p in marked_images], "Finding Label": "Mark",
+                  "Bbox [x": 8, "y": 8, "w": 11, "h]": 11}).to_csv(boxes, index=False)
+    scores = localisation(run, boxes, two_findings.parent / "images", ["gradcam"], finding="mark")["gradcam"]
+    assert scores["images"] == 6 and scores["pointing_game"] >= 4 / 6 > scores["pointing_chance"]
+    with pytest.raises(CxrlabError, match="pass --finding"):
+        localisation(run, boxes, two_findings.parent / "images", ["gradcam"])
+    table, verdict = sanity_check(run, marked_images, ["gradcam"], finding="Mark")
+    assert verdict.loc["gradcam", "verdict"] == "passes", table
+
 
 @pytest.mark.slow
 def test_exported_multilabel_model_has_an_output_per_finding(two_findings, tmp_path):

@@ -473,7 +473,8 @@ def explain(
     if sanity:
         from .saliency.sanity import PASS_RULE
 
-        table, verdict = ex.sanity_check(run, images, methods, target_layer, out)
+        table, verdict = ex.sanity_check(run, images, methods, target_layer, out,
+                                         finding=finding if cfg.findings else None)
         view = Table("method", "verdict", "at step", "Spearman", "SSIM", "HOG", "degenerate steps", title="sanity check")
         for m, row in verdict.iterrows():
             text = {"passes": "[green]passes[/]", "fails": "[red]FAILS: maps ignore the model[/]",

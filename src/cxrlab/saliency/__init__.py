@@ -181,10 +181,13 @@ def save_explanation(exp: Explanation, out: str | Path, positive: str) -> list[P
 
 
 def sanity_check(run_dir, images=None, methods=DEFAULT_METHODS, target_layer: str | None = None,
-                 out: str | Path | None = None, max_images: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 out: str | Path | None = None, max_images: int = 8,
+                 finding: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cascading model-parameter randomisation for each method; per-step table and per-method verdicts
-    (and figure). Without images: `representative_images` of the run's test split."""
+    (and figure). Without images: `representative_images` of the run's test split. A multi-label run's
+    maps are of `finding` (default per image: as `explain` chooses), through every randomisation step."""
     from .figures import sanity_figure
+    from .methods import resolve_layer
     from .sanity import cascading_randomization, verdicts
 
     run_model = RunModel(run_dir, device="cpu")
@@ -192,7 +195,11 @@ def sanity_check(run_dir, images=None, methods=DEFAULT_METHODS, target_layer: st
     paths = expand_paths(images)[:max_images] if images else representative_images(run_dir, max_images)[0]
     pixels, _ = load_images(paths, spec.image_size)
     batch = normalize(torch.from_numpy(pixels).unsqueeze(1), spec.normalization, spec.in_chans).contiguous()
-    table = cascading_randomization(model.float(), batch, {m: m for m in methods}, target_layer)
+    outputs = target_findings(run_model, run_model.predict_proba(pixels), finding)
+    fns = {m: m for m in methods} if outputs is None else {  # the same finding's output at every step
+        m: (lambda mdl, b, m=m: compute_maps(mdl, b, m, resolve_layer(mdl, target_layer, b.shape[-1]), outputs=outputs))
+        for m in methods}
+    table = cascading_randomization(model.float(), batch, fns, target_layer)
     verdict = verdicts(table)
     if out:
         out = Path(out)
@@ -228,7 +235,14 @@ def localisation(run_dir, boxes_csv, images_dir, methods=DEFAULT_METHODS, target
     from .localize import finding_key, localisation_scores, read_boxes, road_scores, scale_box
 
     boxes = read_boxes(boxes_csv)
+    findings = RunDir(run_dir).read_config().findings
+    if findings and finding is None:
+        raise CxrlabError(f"{run_dir} scores several findings: pass --finding to score the boxes of one of them")
     wanted = finding_key(finding or RunDir(run_dir).task_names()[0])
+    # a multi-label run's maps are of the boxes' finding (NIH's spelling of it may differ from the run's)
+    explained = next((f for f in findings if finding_key(f) == wanted), None) if findings else None
+    if findings and explained is None:
+        raise CxrlabError(f"{run_dir} does not score {finding!r}; its findings: {', '.join(findings)}")
     kept = boxes[boxes["Finding Label"].map(finding_key) == wanted]
     if kept.empty:
         raise CxrlabError(f"{boxes_csv}: no boxes of {wanted!r}; its findings: "
@@ -246,7 +260,7 @@ def localisation(run_dir, boxes_csv, images_dir, methods=DEFAULT_METHODS, target
     if boxes.empty:
         raise CxrlabError(f"{boxes_csv}: none of its images were found under {images_dir}")
     paths = [str(index[n]) for n in boxes["Image Index"]]
-    exp = explain(run_dir, paths, methods, target_layer)
+    exp = explain(run_dir, paths, methods, target_layer, finding=explained)
     size = exp.images.shape[1]
     scaled = []
     for i, (_, r) in enumerate(boxes.iterrows()):
@@ -258,6 +272,8 @@ def localisation(run_dir, boxes_csv, images_dir, methods=DEFAULT_METHODS, target
                               "in another image size (NIH's are 1024 x 1024); pass --boxes-space with that size")
         scaled.append(scale_box((x, y, w, h), drawn_on, size))
     result = {m: localisation_scores(exp.maps[m], scaled) for m in methods}
+    if faithfulness and findings:
+        raise CxrlabError("ROAD faithfulness scores are for binary runs for now; leave out --faithfulness")
     if faithfulness:
         run_model = RunModel(run_dir, device="cpu")
         model, spec = run_model.model, run_model.spec
