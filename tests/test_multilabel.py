@@ -306,6 +306,6 @@ def test_nih_subset_trains_and_evaluates_fourteen_findings(tmp_path):
     run = train(cfg, tmp_path / "run")
     m = evaluate_run(run.dir, n_resamples=100)
     assert [r["finding"] for r in m["findings"]] == list(run.config.findings) and len(m["findings"]) == 14
-    hernia = next(r for r in m["findings"] if r["finding"] == "Hernia")
-    assert hernia["positives"] == 2  # the subset is too small to say much about Hernia: the CI shows it
-    assert hernia["auc_high"] - hernia["auc_low"] > 0.3
+    assert all(r["auc_low"] <= r["auc"] <= r["auc_high"] for r in m["findings"])
+    assert next(r for r in m["findings"] if r["finding"] == "Hernia")["positives"] == 2  # too few to say much
+    assert (tmp_path / "run" / "eval" / "test" / "roc_grid.png").exists()
