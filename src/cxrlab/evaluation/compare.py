@@ -42,18 +42,18 @@ def run_labels(run_dirs: list[str | Path]) -> list[str]:
     return [str(d) for d in run_dirs]
 
 
-def comparability_warnings(run_dirs: list[str | Path], split: str, eval_dirs: list[Path] | None = None) -> list[str]:
-    """What makes a side-by-side table misleading: other tasks, or other images in the split (those the
-    evaluations in `eval_dirs` scored, when given: one finding of a multi-label run scores a subset)."""
+def comparability_warnings(run_dirs: list[str | Path], split: str, finding_dirs: list[Path | None] | None = None) -> list[str]:
+    """What makes a side-by-side table misleading: other tasks, or other images in the split (for a
+    multi-label run, those its one-finding evaluation in `finding_dirs` scored: a subset of its split)."""
     labels = run_labels(run_dirs)
     tasks, images = {}, {}
     for k, (label, d) in enumerate(zip(labels, run_dirs)):
         task = RunDir(d).read_info().get("task") or {}
         tasks[label] = {"positive": task.get("positive"), "negatives": task.get("negatives")}
-        if eval_dirs is not None:
-            m = json.loads((eval_dirs[k] / "metrics.json").read_text())
+        if finding_dirs is not None and finding_dirs[k] is not None:
+            m = json.loads((finding_dirs[k] / "metrics.json").read_text())
             tasks[label] = m.get("classes", tasks[label])
-            images[label] = frozenset(pd.read_csv(eval_dirs[k] / "predictions.csv")["path"])
+            images[label] = frozenset(pd.read_csv(finding_dirs[k] / "predictions.csv")["path"])
         else:
             frame = RunDir(d).read_split()
             images[label] = frozenset(frame["path"] if split == "all" else frame.loc[frame["split"] == split, "path"])
@@ -89,7 +89,7 @@ def compare_runs(run_dirs: list[str | Path], split: str = "test", out: str | Pat
             evaluate_run(run, split=split, finding=finding, data_negative=negative)
         elif not metrics_path.exists():
             evaluate_run(run, split=split)
-        eval_dirs.append(folder)
+        eval_dirs.append(folder if multilabel else None)
         m = json.loads(metrics_path.read_text())
         info = run.read_info()
         rows.append({"run": label, "model": info["model"]["name"], "images": m["n"], "auc": m["auc"],
