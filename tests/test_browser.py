@@ -15,8 +15,8 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
 
 
-@pytest.fixture(scope="module")
-def server(lesson_run):  # the session's trained run (conftest), not a second training
+def serving(run):
+    """The app of `run` on a free loopback port in a thread: yields its URL, then stops it."""
     import uvicorn
 
     from cxrlab.serving.app import create_app
@@ -24,7 +24,7 @@ def server(lesson_run):  # the session's trained run (conftest), not a second tr
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(lesson_run, seed=1), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(create_app(run, seed=1), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -33,6 +33,11 @@ def server(lesson_run):  # the session's trained run (conftest), not a second tr
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(lesson_run):  # the session's trained run (conftest), not a second training
+    yield from serving(lesson_run)
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +105,7 @@ def test_quiz_three_rounds_keeps_score(server, page):
 @pytest.fixture(scope="module")
 def multi_server(tmp_path_factory):
     """A small multi-label run (Mark and Effusion, test_multilabel's synthetic set) behind the web page."""
-    import uvicorn
-
     from cxrlab.config import TrainConfig
-    from cxrlab.serving.app import create_app
     from cxrlab.training import train
     from test_multilabel import write_two_findings
 
@@ -111,18 +113,8 @@ def multi_server(tmp_path_factory):
     data = write_two_findings(tmp / "nih")
     run = train(TrainConfig.recipe("lesson", source=str(data), findings="Mark,Effusion", epochs=2, image_size=64,
                                    cache_dir=str(tmp / "cache")), tmp / "run").dir.path
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(run, seed=1), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", data.parent / "images"
-    srv.should_exit = True
-    thread.join(10)
+    for url in serving(run):
+        yield url, data.parent / "images"
 
 
 def test_a_multilabel_model_lists_every_finding_and_maps_the_one_clicked(multi_server, page):

@@ -309,3 +309,15 @@ def test_nih_subset_trains_and_evaluates_fourteen_findings(tmp_path):
     assert all(r["auc_low"] <= r["auc"] <= r["auc_high"] for r in m["findings"])
     assert next(r for r in m["findings"] if r["finding"] == "Hernia")["positives"] == 2  # too few to say much
     assert (tmp_path / "run" / "eval" / "test" / "roc_grid.png").exists()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_trains_a_multilabel_run(two_findings, tmp_path):
+    """Data-parallel training keeps the per-finding history and one checkpoint; the spec names the outputs."""
+    from cxrlab.training import train
+
+    cfg = TrainConfig.recipe("lesson", source=str(two_findings), findings="Mark,Effusion", epochs=2, image_size=64,
+                             devices=2, cache_dir=str(tmp_path / "cache"))
+    run = train(cfg, tmp_path / "run")
+    assert run.info["processes"] == 2 and run.info["model"]["findings"] == ["Mark", "Effusion"]
+    assert {"val_auc:Mark", "val_auc:Effusion"} <= set(run.history.columns) and len(run.history) == 2

@@ -529,7 +529,8 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
     plot_learning_curves(hist, run.curves)
     frame = data.frame
     info = {
-        "task": data.task.to_dict(), "source": str(cfg.source), "model": loop.spec.__dict__,
+        "task": data.task.to_dict(), "source": str(cfg.source),
+        "model": {**loop.spec.__dict__, **({"findings": loop.findings} if loop.findings else {})},  # outputs' order
         "weights_loaded": loop.weights_report.to_dict() if loop.weights_report else None,
         "parameters": count_parameters(loop.model), "trainable_parameters": count_parameters(loop.model, True),
         "counts": {s: {"images": int((frame["split"] == s).sum()),
