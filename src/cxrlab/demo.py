@@ -39,9 +39,6 @@ def _draw(sample, *args) -> float:
 
 
 DIFFICULTIES = ("teaching", "easy")
-# how each teaching-set patient stands: rotation (degrees), scale and shift (of the half-width), drawn
-# uniformly within +- these; augmentation's ranges (AugmentConfig) cover them, as they cover real positioning
-POSE = {"rotation": 0.0, "scale": 0.0, "shift": 0.0}
 
 
 def patient_look(rng: np.random.Generator, effusion: bool) -> dict:
@@ -52,9 +49,7 @@ def patient_look(rng: np.random.Generator, effusion: bool) -> dict:
             "gamma": _draw(rng.uniform, 0.7, 1.4), "contrast": _draw(rng.uniform, 0.75, 1.15),
             "offset": _draw(rng.uniform, -0.06, 0.06), "noise": _draw(rng.uniform, 0.02, 0.05),
             "mimic": (not effusion) and _draw(rng.uniform, 0, 1) < 0.2, "mimic_side": int(rng.integers(0, 2)),
-            "mimic_strength": _draw(rng.uniform, 0.3, 1.0),
-            "pose": tuple(_draw(rng.uniform, -POSE[k], POSE[k]) if POSE[k] else 0.0
-                          for k in ("rotation", "scale", "shift", "shift"))}
+            "mimic_strength": _draw(rng.uniform, 0.3, 1.0)}
 
 
 def synthetic_xray(rng: np.random.Generator, size: int = 256, effusion: bool = False, look: dict | None = None):
@@ -64,10 +59,6 @@ def synthetic_xray(rng: np.random.Generator, size: int = 256, effusion: bool = F
     xx, yy = np.meshgrid(lin, lin)
     dx, dy = (float(v) for v in rng.normal(0, 0.03, 2))  # Python floats keep the maths in float32
     xx, yy = xx - dx, yy - dy
-    if look is not None and any(look.get("pose", ())):  # the patient's positioning: the body drawn turned, scaled, moved
-        angle, scale, sx, sy = look["pose"]
-        c, s = float(np.cos(np.radians(angle))), float(np.sin(np.radians(angle)))
-        xx, yy = ((c * (xx - sx) + s * (yy - sy)) / (1 + scale), (-s * (xx - sx) + c * (yy - sy)) / (1 + scale))
     body = _ellipse(xx, yy, 0, 0.1, 0.92 + _draw(rng.normal, 0, 0.03), 1.1, soft=0.1)
     img = 0.08 + 0.47 * body
     lungs = np.zeros_like(img)
