@@ -445,8 +445,8 @@ def explain(
     boxes_images: Optional[Path] = typer.Option(None, help="Folder with the boxed images (default: the run's data)."),
     boxes_space: Optional[int] = typer.Option(None, help="Size of the images the boxes were drawn on (NIH's: 1024); "
                                               "default: each image's own."),
-    finding: Optional[str] = typer.Option(None, help="A multi-label run: the finding to explain (default per image: its "
-                                          "most probable finding at or above its threshold, else its most probable). "
+    finding: Optional[str] = typer.Option(None, help="A multi-label run: the finding to explain (default per image: every "
+                                          "finding at or above its threshold, else its most probable). "
                                           "With --boxes: the boxes' finding (default: the run's positive)."),
     faithfulness: bool = typer.Option(False, help="With --boxes: also ROAD scores per method."),
     limit: int = typer.Option(8, help="How many test images to draw when none are given."),

@@ -115,14 +115,21 @@ def load_images(paths: list[str], size: int) -> tuple[np.ndarray, list[tuple[int
 def explain(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | None = None,
             batch_size: int = 16, finding: str | None = None) -> Explanation:
     """Heatmaps of `methods` for image files (or folders) under a run's model, positive class. A multi-label
-    run explains `finding`, or per image its most probable finding among those at or above their
-    thresholds (else its most probable one); `Explanation.findings` says which."""
+    run explains `finding`, or per image every finding at or above its threshold (else its most probable
+    one): an image then has one row per finding explained, and `Explanation.findings` says which."""
     run_model = RunModel(run_dir, device="cpu")  # its model, and the probability `cxrlab predict` gives
     model, spec = explainable_copy(run_model.model).float(), run_model.spec
     paths = expand_paths(images)
     pixels, sizes = load_images(paths, spec.image_size)
     probs = run_model.predict_proba(pixels)
-    outputs = target_findings(run_model, probs, finding)
+    outputs = None
+    if run_model.findings and finding is None:  # one row per (image, finding called)
+        rows = [(i, k) for i, (p, called) in enumerate(zip(probs, probs >= run_model.threshold))
+                for k in (np.flatnonzero(called) if called.any() else [int(np.argmax(p))])]
+        index, outputs = [i for i, _ in rows], [int(k) for _, k in rows]
+        paths, pixels, sizes, probs = [paths[i] for i in index], pixels[index], [sizes[i] for i in index], probs[index]
+    else:
+        outputs = target_findings(run_model, probs, finding)
     layer = resolve_layer(model, target_layer, spec.image_size)
     native = layer_resolution(model, layer, spec)
     known = _known_labels(run_model)
@@ -143,8 +150,9 @@ def explain(run_dir, images, methods=DEFAULT_METHODS, target_layer: str | None =
 
 
 def target_findings(model: RunModel, probs: np.ndarray, finding: str | None) -> list[int] | None:
-    """The output each image's map explains: None for a binary run; `finding`'s for all; else per image the
-    most probable finding at or above its threshold, or the most probable one when none is."""
+    """One output per image for its map: None for a binary run; `finding`'s for all; else per image the
+    most probable finding at or above its threshold, or the most probable one when none is (the sanity
+    check follows one map per image)."""
     if not model.findings:
         if finding is not None:
             raise CxrlabError(f"--finding picks a finding of a multi-label run; {model.run.path} scores {model.positive}")
@@ -167,7 +175,7 @@ def save_explanation(exp: Explanation, out: str | Path, positive: str) -> list[P
     titles = _titles(exp, positive)
     written = []
     for i, path in enumerate(exp.paths):
-        stem = Path(path).stem
+        stem = Path(path).stem + (f".{exp.findings[i]}" if exp.findings else "")  # an image per finding explained
         written.append(overlay_grid(exp.images[i:i + 1], {m: v[i:i + 1] for m, v in exp.maps.items()},
                                     titles[i:i + 1], out / f"{stem}.png"))
         for method, maps in exp.maps.items():
@@ -175,8 +183,8 @@ def save_explanation(exp: Explanation, out: str | Path, positive: str) -> list[P
     if len(exp.paths) > 1:
         written.append(overlay_grid(exp.images[:24], {m: v[:24] for m, v in exp.maps.items()}, titles[:24],
                                     out / "grid.png"))
-    pd.DataFrame({"path": exp.paths, "label": exp.labels, "probability": exp.probabilities}).to_csv(
-        out / "explained.csv", index=False)
+    pd.DataFrame({"path": exp.paths, "label": exp.labels, "probability": exp.probabilities,
+                  **({"finding": exp.findings} if exp.findings else {})}).to_csv(out / "explained.csv", index=False)
     return written
 
 
