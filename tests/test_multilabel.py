@@ -70,6 +70,9 @@ def test_findings_resolve_by_name_and_all_means_every_finding(two_findings, tmp_
         load_data(two_findings, findings="Effusion,No Finding", config=cfg)
     with pytest.raises(ConfigError, match="not both"):
         TrainConfig(source="x", positive="Effusion", findings="all")
+    (tmp_path / "bad.csv").write_text("Image Index,Labels\na.png,Effusion\n")
+    with pytest.raises(DataError, match="Finding Labels"):
+        load_data(tmp_path / "bad.csv", findings="all", config=cfg)
 
 
 def test_the_split_keeps_patients_whole_and_every_finding_in_every_split(two_findings, tmp_path):
