@@ -62,6 +62,8 @@ def choose_site_point(run_dir: str | Path, data: str | Path, site: str | None = 
     if not 0 < sample <= 1:
         raise CxrlabError(f"--sample must be in (0, 1], the share of the site's patients to choose on; got {sample}")
     model = RunModel(run_dir)
+    if model.findings:
+        raise CxrlabError(f"{run_dir} scores several findings: a new site's threshold is for binary runs for now")
     source = model.point
     if source is None:
         raise CxrlabError(f"{run_dir}: no operating point stored for its own scores; choose one with `cxrlab threshold` first")
