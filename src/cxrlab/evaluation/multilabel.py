@@ -14,15 +14,15 @@ from ..inference import RunModel
 from . import plots
 from .metrics import auc_weighted, binary_metrics, bootstrap_ci, patient_weights, sensitivity_at, specificity_at
 
-# Rajpurkar et al. 2017, "CheXNet" (arXiv:1711.05225), Table 1: test AUROC of CheXNet on their own NIH
-# ChestX-ray14 test split (420 images labelled by 4 radiologists for pneumonia; the official labels and a
-# test split of about 22,000 images for the others). Context only: another model, far more training data and
-# another test set, never a comparison on the same images.
+# Rajpurkar et al. 2017, "CheXNet" (arXiv:1711.05225): the per-finding test AUROCs the paper reports for
+# CheXNet, a DenseNet-121 trained on the full NIH ChestX-ray14 (values as reproductions quote them, e.g. the
+# "CheXNet (Paper)" column of public re-implementations). Context only: another model, far more training data
+# and another, much larger test split, never a comparison on the same images.
 CHEXNET_2017 = {"Atelectasis": 0.8094, "Cardiomegaly": 0.9248, "Effusion": 0.8638, "Infiltration": 0.7345,
                 "Mass": 0.8676, "Nodule": 0.7802, "Pneumonia": 0.7680, "Pneumothorax": 0.8887,
                 "Consolidation": 0.7901, "Edema": 0.8878, "Emphysema": 0.9371, "Fibrosis": 0.8047,
                 "Pleural_Thickening": 0.8062, "Hernia": 0.9164}
-CHEXNET_NOTE = ("CheXNet (Rajpurkar et al. 2017): another model (DenseNet-121 on about 78,000 training images) "
+CHEXNET_NOTE = ("CheXNet (Rajpurkar et al. 2017): another model (a DenseNet-121 trained on the full ChestX-ray14) "
                 "on another, much larger NIH test split; context, not a comparison on the same images")
 
 
