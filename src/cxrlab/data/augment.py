@@ -16,16 +16,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
 from ..config import AugmentConfig
+
+# torchvision is imported where a transform is made, not with this module: its __init__ imports its models and
+# ops, and with them torch._dynamo (2.5 s of a lesson-recipe `cxrlab train`, which never augments; BENCHMARKS.md)
 
 
 def build_augment(cfg: AugmentConfig) -> v2.Compose | None:
     """A transform for uint8 1 x H x W tensors, or None when augmentation is off."""
     if not cfg.enabled:
         return None
+    from torchvision.transforms import v2
+
     steps = [
         v2.RandomAffine(degrees=cfg.rotation, translate=(cfg.shift, cfg.shift),
                         scale=(1 - cfg.zoom, 1 + cfg.zoom), shear=cfg.shear),
@@ -70,6 +73,8 @@ def with_views(batch: torch.Tensor, views: list[View]) -> torch.Tensor:
     """uint8 N x 1 x H x W -> (1 + len(views)) * N images: the batch itself, then each view of it."""
     h, w = batch.shape[-2:]
     out = [batch]
+    if views:
+        from torchvision.transforms.v2 import functional as F
     for v in views:
         x = F.affine(batch, angle=v.angle, translate=[round(v.translate[0] * w), round(v.translate[1] * h)],
                      scale=v.scale, shear=[v.shear, 0.0])
