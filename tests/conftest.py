@@ -92,6 +92,19 @@ def lesson_run(tmp_path_factory) -> Path:
     return train(lesson_config(data, 96, 12, tmp / "cache"), tmp / "run").dir.path
 
 
+def train_interrupted(cfg, out, epoch: int = 2):
+    """Train `cfg` into `out` and stop it with a KeyboardInterrupt after `epoch` (as Ctrl-C would), leaving
+    a run to resume."""
+    from cxrlab.training import train
+
+    def interrupt(row):
+        if row["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, on_epoch=interrupt)
+
+
 requires_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent")
 
 

@@ -16,7 +16,7 @@ from cxrlab.cli import app
 from cxrlab.config import DataConfig, TrainConfig
 from cxrlab.data import load_data
 from cxrlab.errors import ConfigError, CxrlabError, DataError
-from conftest import SHARED_DATA, requires_shared_data, xray
+from conftest import SHARED_DATA, requires_shared_data, train_interrupted, xray
 
 runner = CliRunner()
 LABEL_CYCLE = ["No Finding", "Effusion", "Mark", "Effusion|Mark", "No Finding", "Mark|Effusion|Infiltration"]
@@ -284,13 +284,7 @@ def test_resume_and_cached_features_work_for_multilabel_runs(two_findings, tmp_p
     cfg = TrainConfig.recipe("lesson", source=str(two_findings), findings="all", epochs=3, image_size=64,
                              cache_dir=str(tmp_path / "cache"))
     train(cfg, tmp_path / "full")
-
-    def interrupt(row):
-        if row["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "cut", on_epoch=interrupt)
+    train_interrupted(cfg, tmp_path / "cut")
     run = train(cfg, tmp_path / "cut", resume=True)
     a, b = pd.read_csv(tmp_path / "full" / "history.csv"), pd.read_csv(tmp_path / "cut" / "history.csv")
     assert list(a.columns) == list(b.columns) and "val_auc:Mark" in a.columns and len(run.history) == 3

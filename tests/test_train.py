@@ -15,6 +15,7 @@ from cxrlab.config import LESSON_LR, AugmentConfig, DataConfig, TrainConfig, loa
 from cxrlab.demo import make_demo_data
 from cxrlab.errors import CxrlabError
 from cxrlab.training import TrainingDiverged, train
+from conftest import train_interrupted
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +109,7 @@ def _final_weights(run_dir: Path) -> dict:
 def test_resume_after_interruption_matches_uninterrupted(demo_dir, tmp_path, ema_decay):
     cfg = config(demo_dir, tmp_path, epochs=4, ema_decay=ema_decay)
     train(cfg, tmp_path / "full")
-
-    def interrupt(row):
-        if row["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "cut", on_epoch=interrupt)
+    train_interrupted(cfg, tmp_path / "cut")
     run = train(cfg, tmp_path / "cut", resume=True)
     assert len(run.history) == 4
     full, resumed = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "cut")

@@ -293,7 +293,7 @@ def evaluate(
                           "(or --negative with --finding)")
     m = evaluate_run(run, data, split, threshold, tta, calibrate, resamples, data_positive=positive,
                      data_negative=negative or None, site=site, finding=finding)
-    (_print_findings if m.get("task") == "multi-label" else _print_metrics)(m, Path(m.get("folder", run / "eval" / m["split"])))
+    (_print_findings if m.get("task") == "multi-label" else _print_metrics)(m, Path(m["folder"]))
 
 
 @app.command("threshold")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from .errors import CxrlabError
 
-NEGATIVE_FALLBACK = "negative"
-SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # the negative class's name when a run does not record one
+NEGATIVE_FALLBACK = "negative"  # the negative class's name when a run does not record one
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 MODEL_CARD = {
     "intended_use": "Teaching and research on detecting {positive} on chest X-rays, and comparing methods. "
@@ -186,10 +186,8 @@ class RunDir:
         atomic_write(path.with_name(f"{name}-sample.csv"), pd.DataFrame({"path": sample_paths}).to_csv(index=False).encode())
         atomic_write(path, json.dumps({"point": point.to_dict(), **about}, indent=2).encode())
 
-    def read_site(self, name: str) -> tuple[OperatingPoint, dict, list[str]]:
-        """(point, what was recorded about the site's data, the sample's image paths)."""
-        import pandas as pd
-
+    def read_site(self, name: str) -> tuple[OperatingPoint, dict]:
+        """(the site's point, what was recorded about the site's data)."""
         path = self.site_file(name)
         if not path.exists():
             known = ", ".join(self.site_names()) or "none yet"
@@ -197,12 +195,21 @@ class RunDir:
                               f"`cxrlab threshold {self.path} --data SITE_DATA --site {name}`")
         try:
             about = json.loads(path.read_text())
-            point = OperatingPoint.from_dict(about.pop("point"))
-            sample = pd.read_csv(path.with_name(f"{name}-sample.csv"), dtype={"path": str})["path"].tolist()
+            return OperatingPoint.from_dict(about.pop("point")), about
         except (ValueError, TypeError, KeyError, OSError) as exc:
             raise CxrlabError(f"{path}: not a readable site operating point ({exc}); choose it again "
                               "with `cxrlab threshold --data`") from None
-        return point, about, sample
+
+    def read_site_sample(self, name: str) -> list[str]:
+        """The image paths the site's point was chosen on (read only where they are left out)."""
+        import pandas as pd
+
+        path = self.site_file(name).with_name(f"{name}-sample.csv")
+        try:
+            return pd.read_csv(path, dtype={"path": str})["path"].tolist()
+        except (ValueError, KeyError, OSError) as exc:
+            raise CxrlabError(f"{path}: not a readable site sample ({exc}); choose the site's threshold again "
+                              "with `cxrlab threshold --data`") from None
 
     def task_names(self) -> tuple[str, str]:
         """(positive, negative) class names: the resolved task in run.json, else config.yaml's."""

@@ -186,7 +186,8 @@ def load_data(source: str | Path, positive: str | None = None, negative: str | l
         skipped += [{"path": p, "reason": r} for p, r in zip(frame["path"][bad], info["error"][bad])]
         frame = frame[~bad.to_numpy()].reset_index(drop=True)
     if task is not None:
-        for value, name in () if isinstance(task, MultiLabelTask) else ((1, task.positive), (0, " or ".join(task.negatives))):
+        classes = [] if isinstance(task, MultiLabelTask) else [(1, task.positive), (0, " or ".join(task.negatives))]
+        for value, name in classes:  # a binary task needs both classes; a multi-label one is checked per finding
             if not (frame["y"] == value).any():
                 why = " and ".join(w for w, on in ((f"keeping views {','.join(cfg.views or [])}", cfg.views),
                                                    ("skipping bad images", skipped)) if on)

@@ -162,9 +162,10 @@ def _evaluate_findings(model: RunModel, data, split: str, policy: str | None, ca
     if data is not None or site or calibrate:
         raise CxrlabError("a multi-label run is evaluated on its own split for now: --data, --site and --calibrate "
                           "apply to binary runs")
+    own = model.own_data()
     if policy is not None or model.point is None:  # for this evaluation only: `cxrlab threshold` stores one
-        model.use_point(model.choose_point(policy))
-    return evaluate_findings(model, model.own_data(), split, model.run.eval_dir(split), n_resamples, seed)
+        model.use_point(model.choose_point(policy, data=own))
+    return evaluate_findings(model, own, split, model.run.eval_dir(split), n_resamples, seed)
 
 
 def _evaluate_one_finding(model: RunModel, finding: str, negative, split: str, n_resamples: int, seed: int):
@@ -172,12 +173,11 @@ def _evaluate_one_finding(model: RunModel, finding: str, negative, split: str, n
     all among `negative` (the binary tasks' rule; default the normal label), at the finding's threshold."""
     from ..data.tasks import Task, label_frame, make_task
 
-    if model.point is None:
-        model.use_point(model.choose_point())
+    name = model.findings[model.finding_index(finding)]
     own = model.own_data()
-    name = {f.casefold(): f for f in model.findings}.get(finding.strip().casefold())
-    if name is None:
-        raise CxrlabError(f"{model.run.path} does not score {finding!r}; its findings: {', '.join(model.findings)}")
+    stored = model.point is not None
+    if not stored:  # for this evaluation only: `cxrlab threshold` stores one
+        model.use_point(model.choose_point(data=own))
     task: Task = make_task(own.manifest, name, negative)
     binary, _ = label_frame(own.manifest, task)
     scored = model.score_data(own, split)
@@ -185,7 +185,7 @@ def _evaluate_one_finding(model: RunModel, finding: str, negative, split: str, n
     scored = scored.rename(columns={f"score:{name}": "score"})
     threshold = float(model.threshold[model.findings.index(name)])
     point = OperatingPoint(model.point.policy, threshold, None, model.tta, "val (multi-label, this finding's)")
-    return _binary_evaluation(scored, point, True, split, model.tta, task.positive, "/".join(task.negatives),
+    return _binary_evaluation(scored, point, stored, split, model.tta, task.positive, "/".join(task.negatives),
                               finding_eval_dir(model.run, split, name), n_resamples, seed)
 
 

@@ -84,20 +84,28 @@ def auc_weighted(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.nd
 
 
 def bootstrap_ci(y: np.ndarray, score: np.ndarray, patients: np.ndarray, metric=auc_weighted,
-                 n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+                 n_resamples: int = 1000, seed: int = 0, level: float = 0.95,
+                 weights: np.ndarray | None = None) -> tuple[float, float, float]:
     """(point, low, high): percentile CI, resampling patients with replacement so that one
     patient's images stay together (images of a patient are not independent). `metric(y, score,
     weights)` gives one value per row of weights, NaN where a resample lacks a class it needs;
-    those resamples are skipped."""
+    those resamples are skipped. `weights`: resamples already drawn (`patient_weights`), so several
+    metrics of the same images share them instead of drawing them again."""
     y, score = np.asarray(y), np.asarray(score, float)
     point = float(metric(y, score, np.ones((1, len(y))))[0])
     if np.isnan(point):
         return float("nan"), float("nan"), float("nan")
-    stats = metric(y, score, patient_weights(patients, n_resamples, seed))
+    stats = metric(y, score, patient_weights(patients, n_resamples, seed) if weights is None else weights)
+    return (point, *percentile_ci(stats, level))
+
+
+def percentile_ci(stats: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of bootstrap statistics, resamples where the metric is undefined (NaN) left out."""
+    stats = np.asarray(stats, float)
     stats = stats[~np.isnan(stats)]
     alpha = (1 - level) / 2
     low, high = np.quantile(stats, [alpha, 1 - alpha]) if len(stats) else (np.nan, np.nan)
-    return point, float(low), float(high)
+    return float(low), float(high)
 
 
 def _weighted_rate(w: np.ndarray, mask: np.ndarray, hit: np.ndarray) -> np.ndarray:

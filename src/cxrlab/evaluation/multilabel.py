@@ -12,7 +12,8 @@ from sklearn.metrics import roc_curve
 
 from ..inference import RunModel
 from . import plots
-from .metrics import auc_weighted, binary_metrics, bootstrap_ci, patient_weights, sensitivity_at, specificity_at
+from .metrics import (auc_weighted, binary_metrics, bootstrap_ci, patient_weights, percentile_ci, sensitivity_at,
+                      specificity_at)
 
 # Rajpurkar et al. 2017, "CheXNet" (arXiv:1711.05225): the per-finding test AUROCs the paper reports for
 # CheXNet, a DenseNet-121 trained on the full NIH ChestX-ray14 (values as reproductions quote them, e.g. the
@@ -61,10 +62,13 @@ def evaluate_findings(model: RunModel, data, split: str, out, n_resamples: int =
         known = ~np.isnan(y_all)
         y, s, p = y_all[known].astype(int), s_all[known], patients[known]
         m = binary_metrics(y, s, float(threshold))
-        auc, low, high = bootstrap_ci(y, s, p, n_resamples=n_resamples, seed=seed)
-        calls = {name: bootstrap_ci(y, s, p, fn(float(threshold)), n_resamples=n_resamples, seed=seed)[1:]
+        w = weights[:, known]  # every metric of every finding on the same patient resamples, drawn once
+        auc = float(auc_weighted(y, s, np.ones((1, len(y))))[0])
+        stats = auc_weighted(y, s, w) if not np.isnan(auc) else np.full(len(w), np.nan)
+        low, high = percentile_ci(stats)  # NaN, NaN when the finding has one class here
+        calls = {name: bootstrap_ci(y, s, p, fn(float(threshold)), weights=w)[1:]
                  for name, fn in (("sensitivity", sensitivity_at), ("specificity", specificity_at))}
-        per_resample.append(auc_weighted(y, s, weights[:, known]) if not np.isnan(auc) else np.full(len(weights), np.nan))
+        per_resample.append(stats)
         rows.append({"finding": finding, "positives": int(y.sum()), "negatives": int((y == 0).sum()),
                      "auc": auc, "auc_low": low, "auc_high": high, "average_precision": m["average_precision"],
                      "threshold": float(threshold), "sensitivity": m["sensitivity"],
@@ -77,10 +81,9 @@ def evaluate_findings(model: RunModel, data, split: str, out, n_resamples: int =
             roc_rows.append(pd.DataFrame({"finding": finding, "fpr": fpr, "tpr": tpr, "threshold": np.minimum(thr, 1.0)}))
     table = pd.DataFrame(rows)
     defined = ~table["auc"].isna().to_numpy()
-    stats = np.nanmean(np.stack(per_resample)[defined], axis=0) if defined.any() else np.array([np.nan])
-    stats = stats[~np.isnan(stats)]
     macro = float(table.loc[defined, "auc"].mean()) if defined.any() else float("nan")
-    macro_ci = [float(v) for v in np.quantile(stats, [0.025, 0.975])] if len(stats) else [float("nan")] * 2
+    macro_ci = list(percentile_ci(np.nanmean(np.stack(per_resample)[defined], axis=0))) if defined.any() \
+        else [float("nan")] * 2
     out.mkdir(parents=True, exist_ok=True)
     predictions = scored.copy()
     for finding, threshold in zip(model.findings, model.threshold):

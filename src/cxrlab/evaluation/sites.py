@@ -96,7 +96,8 @@ def site_for_data(run: RunDir, data: str | Path) -> str | None:
 
 def leave_out_sample(run: RunDir, site: str, scored: pd.DataFrame) -> tuple[OperatingPoint, pd.DataFrame, int]:
     """(the site's point, the scored images not in the sample it was chosen on, how many were left out)."""
-    point, _, sample = run.read_site(site)
+    point, _ = run.read_site(site)
+    sample = run.read_site_sample(site)
     used = scored["path"].isin(set(sample)).to_numpy()
     rest = scored[~used].reset_index(drop=True)
     if rest.empty:

@@ -81,9 +81,8 @@ class RunModel:
         self.model.to(self.device, memory_format=torch.channels_last).eval()
         self.positive, self.negative = self.run.task_names()
         # multi-label: the findings, in the order of the model's outputs (None: one binary output)
-        self.findings = list(self.config.findings) if self.spec.num_outputs > 1 or self.config.findings else None
+        self.findings = list(self.config.findings) if self.config.findings else None
         stored = self.run.read_site(site)[0] if site else self.run.read_point()
-        self.site = site
         self.tta = (stored.tta if stored else run_tta(self.config)) if tta is None else int(tta)
         self.point = stored if stored is not None and stored.tta == self.tta else None
         self.views = tta_views(self.config.data.augment, self.tta)
@@ -132,6 +131,14 @@ class RunModel:
                 "trained_on": info.get("counts"),
                 "intended_use": MODEL_CARD["intended_use"].format(positive=self.positive),
                 "limitations": MODEL_CARD["limitations"]}
+
+    def finding_index(self, finding: str) -> int:
+        """The output of `finding` (case-insensitive) of a multi-label run; any other name is a clear error."""
+        names = {f.casefold(): k for k, f in enumerate(self.findings or [])}
+        if finding.strip().casefold() not in names:
+            scores = ", ".join(self.findings) if self.findings else f"one task ({self.positive} vs {self.negative})"
+            raise CxrlabError(f"{self.run.path} does not score {finding!r}; it scores {scores}")
+        return names[finding.strip().casefold()]
 
     # -- images in ---------------------------------------------------------------------------------
     def read(self, path: str) -> np.ndarray:
@@ -199,23 +206,22 @@ class RunModel:
                          findings=cfg.findings)
 
     # -- choosing an operating point ------------------------------------------------------------------
-    def choose_point(self, policy: str | None = None, calibrate: bool = False, data=None,
-                     split: str = "val", chosen_on: str = "val") -> OperatingPoint:
-        """The threshold of `policy` (and a temperature when `calibrate`) on the `split` scores of `data`
-        (the run's own validation split by default) made the way this RunModel scores (its views).
-        Returns it; `use_point` applies it, `store_point` keeps it."""
+    def choose_point(self, policy: str | None = None, calibrate: bool = False, data=None) -> OperatingPoint:
+        """The threshold of `policy` (and a temperature when `calibrate`) on validation scores made the
+        way this RunModel scores (its views); multi-label: one per finding. Returns it; `use_point` applies
+        it, `store_point` keeps it."""
         data = data if data is not None else self.own_data()
-        val = self.score_data(data, split, calibrated=False)
+        val = self.score_data(data, "val", calibrated=False)
         if self.findings:
-            return self._choose_findings_points(val, policy or DEFAULT_POLICY, calibrate, chosen_on)
+            return self._choose_findings_points(val, policy or DEFAULT_POLICY, calibrate)
         y, score = val["y"].to_numpy(), val["score"].to_numpy()
         temperature = fit_temperature(y, score) if calibrate else None
         if temperature:
             score = apply_temperature(score, temperature)
         return OperatingPoint(policy or DEFAULT_POLICY, choose_threshold(policy or DEFAULT_POLICY, y, score),
-                              temperature, self.tta, chosen_on, int(len(y)), int(y.sum()))
+                              temperature, self.tta, "val", int(len(y)), int(y.sum()))
 
-    def _choose_findings_points(self, val, policy: str, calibrate: bool, chosen_on: str) -> OperatingPoint:
+    def _choose_findings_points(self, val, policy: str, calibrate: bool) -> OperatingPoint:
         """One threshold per finding by `policy`, each on its labelled validation images; a finding whose
         validation images hold one class keeps 0.5 (and is left out of `thresholds`)."""
         if calibrate:
@@ -229,7 +235,7 @@ class RunModel:
             except CxrlabError:
                 log.warning("%s: %s has one class in validation; its threshold stays 0.5", self.run.path, finding)
         labelled = val[[f"y:{f}" for f in self.findings]].to_numpy(float)
-        return OperatingPoint(policy, 0.5, None, self.tta, chosen_on, int(len(val)),
+        return OperatingPoint(policy, 0.5, None, self.tta, "val", int(len(val)),
                               int(np.nansum(labelled.max(axis=1) == 1)), thresholds=chosen)
 
     def use_point(self, point: OperatingPoint) -> None:

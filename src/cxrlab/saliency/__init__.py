@@ -158,10 +158,7 @@ def target_findings(model: RunModel, probs: np.ndarray, finding: str | None) -> 
             raise CxrlabError(f"--finding picks a finding of a multi-label run; {model.run.path} scores {model.positive}")
         return None
     if finding is not None:
-        names = {f.casefold(): k for k, f in enumerate(model.findings)}
-        if finding.strip().casefold() not in names:
-            raise CxrlabError(f"{model.run.path} does not score {finding!r}; its findings: {', '.join(model.findings)}")
-        return [names[finding.strip().casefold()]] * len(probs)
+        return [model.finding_index(finding)] * len(probs)
     above = np.where(probs >= model.threshold, probs, -1.0)
     return [int(np.argmax(a) if a.max() >= 0 else np.argmax(p)) for a, p in zip(above, probs)]
 
@@ -203,7 +200,8 @@ def sanity_check(run_dir, images=None, methods=DEFAULT_METHODS, target_layer: st
     paths = expand_paths(images)[:max_images] if images else representative_images(run_dir, max_images)[0]
     pixels, _ = load_images(paths, spec.image_size)
     batch = normalize(torch.from_numpy(pixels).unsqueeze(1), spec.normalization, spec.in_chans).contiguous()
-    outputs = target_findings(run_model, run_model.predict_proba(pixels), finding)
+    # a binary run's maps need no scores (target_findings refuses a --finding for it before any is made)
+    outputs = target_findings(run_model, run_model.predict_proba(pixels) if run_model.findings else None, finding)
     fns = {m: m for m in methods} if outputs is None else {  # the same finding's output at every step
         m: (lambda mdl, b, m=m: compute_maps(mdl, b, m, resolve_layer(mdl, target_layer, b.shape[-1]), outputs=outputs))
         for m in methods}

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..data.preprocess import normalize
-from ..errors import CxrlabError, ImageReadError
+from ..errors import ImageReadError
 from ..inference import RunModel
 from ..saliency.methods import DEFAULT_MAP_METHOD
 
@@ -39,9 +39,11 @@ class Predictor(RunModel):
     def heatmap(self, pixels: np.ndarray, method: str = DEFAULT_MAP_METHOD) -> np.ndarray:
         return self.heatmaps(pixels[None], method)[0]
 
-    def heatmaps(self, pixels: np.ndarray, method: str = DEFAULT_MAP_METHOD, finding: str | None = None) -> np.ndarray:
+    def heatmaps(self, pixels: np.ndarray, method: str = DEFAULT_MAP_METHOD, finding: str | None = None,
+                 probs: np.ndarray | None = None) -> np.ndarray:
         """N x S x S uint8 -> N x S x S maps in [0, 1], one backward pass for the batch. Multi-label: the maps
-        of `finding`, or of each image's most probable finding."""
+        of `finding`, or of each image's most probable finding (from `probs` when the caller has scored
+        the images already, so they are not scored twice)."""
         from ..saliency.methods import compute_maps, default_target_layer, explainable_copy, layer_name, layer_resolution
 
         if not hasattr(self, "_explain_model"):
@@ -54,11 +56,9 @@ class Predictor(RunModel):
         # multi-label: each image's map is of its most probable finding (the top of its list)
         outputs = None
         if self.findings and finding is not None:
-            if finding not in self.findings:
-                raise CxrlabError(f"unknown finding {finding!r}; this model scores {', '.join(self.findings)}")
-            outputs = [self.findings.index(finding)] * len(pixels)
+            outputs = [self.finding_index(finding)] * len(pixels)
         elif self.findings:
-            outputs = [int(k) for k in np.argmax(self.predict_proba(pixels), axis=1)]
+            outputs = [int(k) for k in np.argmax(self.predict_proba(pixels) if probs is None else probs, axis=1)]
         return compute_maps(self._explain_model, batch.contiguous(), method, self._layer, outputs=outputs)
 
     def score_batch(self, items: list[tuple[np.ndarray, str | None]]) -> list[tuple[float, np.ndarray | None]]:
@@ -69,7 +69,7 @@ class Predictor(RunModel):
         for method in {m for _, m in items if m}:  # a method, or (method, finding) for a multi-label map
             idx = [i for i, (_, m) in enumerate(items) if m == method]
             name, finding = method if isinstance(method, tuple) else (method, None)
-            for i, cam in zip(idx, self.heatmaps(np.stack([items[i][0] for i in idx]), name, finding)):
+            for i, cam in zip(idx, self.heatmaps(np.stack([items[i][0] for i in idx]), name, finding, probs[idx])):
                 maps[i] = cam
         return [(p if self.findings else float(p), cam) for p, cam in zip(probs, maps)]
 
@@ -103,8 +103,9 @@ class Predictor(RunModel):
             if not chunk:
                 continue
             pixels = np.stack(arrays)
-            maps = self.heatmaps(pixels, method) if method else [None] * len(chunk)
-            for p, prob, cam in zip(chunk, self.predict_proba(pixels), maps):
+            probs = self.predict_proba(pixels)
+            maps = self.heatmaps(pixels, method, probs=probs) if method else [None] * len(chunk)
+            for p, prob, cam in zip(chunk, probs, maps):
                 out.append(self.result(p, prob, cam))
         return out
 
