@@ -6,9 +6,11 @@ their names do not change, so checkpoints are the same either way.
 - 2x2 max-pools become `FastMaxPool2x2`: without gradients two elementwise maxima of strided views
   (about 2x faster seed-cnn inference), with gradients the hand-written kernel (`kernels.py`) when it
   is built, else ATen's; traced, always ATen's.
-- seed-cnn (no batch norm) becomes `FastSeedCNN`: its first convolution, max-pool and ReLU fused in one
-  kernel, so the full-resolution feature map is never stored (with the max-pool kernel, seed-cnn
-  trains about 1.7x faster on CPU, BENCHMARKS.md).
+- seed-cnn becomes `FastSeedCNN`: its first convolution, max-pool and ReLU fused in one kernel, so the
+  full-resolution feature map is never stored (with the max-pool kernel, seed-cnn trains about 1.7x
+  faster on CPU, BENCHMARKS.md). In seed-cnn-bn, each batch norm runs fused with the max-pool and ReLU
+  after it, and the first one is folded into the first convolution, so seed-cnn-bn trains in
+  channels_last with the same kernels (ATen's CPU batch norm is slow on these narrow maps).
 
 The trainer and RunModel apply it on CPU only: on CUDA the models run as written.
 """
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from ..models.seed_cnn import SeedCNN
-from .kernels import conv1_pool, pool2x2
+from .kernels import _library, bn_pool, conv1_bn_pool, conv1_pool, pool2x2
 
 
 class FastMaxPool2x2(nn.MaxPool2d):
@@ -43,24 +45,55 @@ class FastMaxPool2x2(nn.MaxPool2d):
 
 
 class FastSeedCNN(SeedCNN):
-    """seed-cnn with its first block (conv, max-pool, ReLU) fused when nothing hooks it."""
+    """seed-cnn(-bn) with each block (conv, [batch norm], max-pool, ReLU) fused where a kernel applies
+    and nothing hooks the block's layers (a saliency method may read them); any other block runs its
+    layers as written."""
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if self._first_block_fusable():
-            h = conv1_pool(x, self.features[0], relu=True)
-            if h is not None:
-                for layer in itertools.islice(self.features, 3, None):  # no new Sequential per call
-                    h = layer(h)
-                return self.pool(h)
-        return self.pool(self.features(x))
+        h = x
+        for block in _blocks(self.features):
+            h = _run_block(h, block, first=h is x)
+        return self.pool(h)
 
-    def _first_block_fusable(self) -> bool:
-        """conv, max-pool, ReLU (no batch norm between), with nothing hooked on them (a saliency
-        method may read them)."""
-        first = tuple(itertools.islice(self.features, 3))
-        return (isinstance(first[1], nn.MaxPool2d) and isinstance(first[2], nn.ReLU)
-                and not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                            or m._backward_pre_hooks for m in first))
+
+def _blocks(features: nn.Sequential) -> list[list[nn.Module]]:
+    """The layers grouped per convolution: [conv, (batch norm), (max-pool), ReLU]."""
+    blocks: list[list[nn.Module]] = []
+    for m in features:
+        if isinstance(m, nn.Conv2d) or not blocks:
+            blocks.append([])
+        blocks[-1].append(m)
+    return blocks
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
+def _fusable(block: list[nn.Module]) -> bool:
+    """conv, (batch norm), 2x2 max-pool, ReLU, with nothing hooked on them."""
+    kinds = [type(m) for m in block]
+    middle = [nn.BatchNorm2d, FastMaxPool2x2] if len(block) == 4 else [FastMaxPool2x2]
+    return (isinstance(block[0], nn.Conv2d) and kinds[1:-1] == middle and kinds[-1] is nn.ReLU
+            and not any(_hooked(m) for m in block))
+
+
+def _run_block(h: torch.Tensor, block: list[nn.Module], first: bool) -> torch.Tensor:
+    if _fusable(block):
+        conv, bn = block[0], (block[1] if len(block) == 4 else None)
+        out = None
+        if first:
+            out = conv1_pool(h, conv, relu=True) if bn is None else conv1_bn_pool(h, conv, bn)
+        if out is not None:
+            return out
+        h = conv(h)
+        out = bn_pool(h, bn, relu=True) if bn is not None else None
+        if out is not None:
+            return out
+        block = block[1:]
+    for m in block:
+        h = m(h)
+    return h
 
 
 def _is_plain_2x2_pool(m: nn.Module) -> bool:
@@ -73,9 +106,15 @@ def accelerate(model: nn.Module) -> nn.Module:
     for m in model.modules():
         if _is_plain_2x2_pool(m):
             m.__class__ = FastMaxPool2x2
-    if type(model) is SeedCNN and not any(isinstance(m, nn.BatchNorm2d) for m in model.features):
+    if type(model) is SeedCNN:
         model.__class__ = FastSeedCNN
+        if _has_batch_norm(model) and _library() is not None:
+            model.cpu_channels_last_training = True  # batch norm runs in the kernels, not ATen's slow one
     return model
+
+
+def _has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
 def plain(model: nn.Module) -> nn.Module:
@@ -85,6 +124,7 @@ def plain(model: nn.Module) -> nn.Module:
             m.__class__ = nn.MaxPool2d
     if type(model) is FastSeedCNN:
         model.__class__ = SeedCNN
+        model.cpu_channels_last_training = not _has_batch_norm(model)  # as SeedCNN sets it
     return model
 
 

@@ -14,8 +14,21 @@
 // full-resolution map. With bf16 on, each convolution output is rounded to bf16 before the max, as
 // bf16 autocast computes it (fp32 accumulation, bf16 output).
 //
+// 3. Batch norm with batch statistics (training), over channels_last maps, fused with the 2x2 max-pool and
+// ReLU that follow it in seed-cnn-bn: per-channel sums of the map; then one pass that normalises, pools and
+// cuts, writing only the pooled map and the argmax code; backward, per-channel sums of the pooled gradient
+// (and of it times the normalised value at each argmax), then one pass writing the map's gradient. ATen's
+// CPU batch norm spends most of seed-cnn-bn's step on these 8-50-channel maps (BENCHMARKS.md).
+//
+// 4. The first block's batch statistics without its map: the mean and second moments of the KxK patches of a
+// one-channel image ('same' zero padding). A convolution's output mean and variance per channel follow from
+// them (w.m and w'Cw), so batch norm folds into the convolution's weights and block 2's kernel runs unchanged.
+//
 // Built by cxrlab/accel/kernels.py; plain C ABI for ctypes.
 #include <cstdint>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <cstring>
 #include <type_traits>
 
@@ -329,6 +342,362 @@ void conv_pool_backward(const float* x, const void* gy, const uint8_t* code, flo
     }
 }
 
+// per-channel sum and sum of squares of a (rows, W, C) map: fp32 within a row, fp64 across rows
+template <typename T, int C>
+void bn_stats(const T* z, int64_t rows, int64_t w, int64_t c, double* sum, double* sumsq, int threads) {
+    const int64_t ch = C > 0 ? C : c;
+    for (int64_t j = 0; j < ch; ++j) sum[j] = sumsq[j] = 0.0;
+#pragma omp parallel num_threads(threads)
+    {
+        float* fs = new float[2 * ch];
+        float* fq = fs + ch;
+        double* ts = new double[2 * ch]();
+        double* tq = ts + ch;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; ++r) {
+            const T* row = z + r * w * ch;
+            for (int64_t j = 0; j < ch; ++j) fs[j] = fq[j] = 0.f;
+            for (int64_t x = 0; x < w; ++x) {
+#pragma omp simd
+                for (int64_t j = 0; j < ch; ++j) {
+                    const float v = to_float(row[x * ch + j]);
+                    fs[j] += v;
+                    fq[j] += v * v;
+                }
+            }
+            for (int64_t j = 0; j < ch; ++j) ts[j] += fs[j], tq[j] += fq[j];
+        }
+#pragma omp critical
+        for (int64_t j = 0; j < ch; ++j) sum[j] += ts[j], sumsq[j] += tq[j];
+        delete[] fs;
+        delete[] ts;
+    }
+}
+
+// Channel vectors: eight channels at a time, the last chunk partial (`lanes` < 8); bf16 widened to fp32 on
+// load and rounded to nearest even on store. A plain loop over channels did not vectorise (GCC 12) and ran
+// 3-4x slower.
+typedef uint16_t v8h __attribute__((vector_size(16)));
+typedef uint8_t v8b __attribute__((vector_size(8)));
+constexpr int kMaxChannels = 64;
+
+// A partial chunk (C not a multiple of 8: 12, 20, 50 here) is read and written with AVX-512 masked loads
+// and stores where the CPU has them: a memcpy into part of a vector stalls on store forwarding (4x slower
+// per value, BENCHMARKS.md). Elsewhere the memcpy path computes the same, slower.
+#if defined(__AVX512VL__) && defined(__AVX512BW__)
+#define CXR_MASKED 1
+inline __mmask8 lane_mask(int lanes) { return static_cast<__mmask8>((1u << lanes) - 1u); }
+#endif
+
+inline v8 load_lanes(const float* p, int lanes) {
+    v8 v;
+    if (lanes == kLanes) {
+        std::memcpy(&v, p, sizeof v);
+        return v;
+    }
+#ifdef CXR_MASKED
+    return (v8)_mm256_maskz_loadu_ps(lane_mask(lanes), p);
+#else
+    v = splat(0.f);
+    std::memcpy(&v, p, lanes * sizeof(float));
+    return v;
+#endif
+}
+inline v8 load_lanes(const uint16_t* p, int lanes) {
+    v8h bits;
+    if (lanes == kLanes) {
+        std::memcpy(&bits, p, sizeof bits);
+    } else {
+#ifdef CXR_MASKED
+        bits = (v8h)_mm_maskz_loadu_epi16(lane_mask(lanes), p);
+#else
+        bits = v8h{};
+        std::memcpy(&bits, p, lanes * sizeof(uint16_t));
+#endif
+    }
+    const v8i wide = __builtin_convertvector(bits, v8i) << 16;
+    v8 v;
+    std::memcpy(&v, &wide, sizeof v);
+    return v;
+}
+inline void store_lanes(float* p, v8 v, int lanes) {
+    if (lanes == kLanes) {
+        std::memcpy(p, &v, sizeof v);
+        return;
+    }
+#ifdef CXR_MASKED
+    _mm256_mask_storeu_ps(p, lane_mask(lanes), (__m256)v);
+#else
+    std::memcpy(p, &v, lanes * sizeof(float));
+#endif
+}
+inline void store_lanes(uint16_t* p, v8 v, int lanes) {
+    const v8 r = round_to_bf16(v);
+    v8i u;
+    std::memcpy(&u, &r, sizeof u);
+    const v8h bits = __builtin_convertvector(u >> 16, v8h);  // the low 16 bits after the shift: the bf16
+    if (lanes == kLanes) {
+        std::memcpy(p, &bits, sizeof bits);
+        return;
+    }
+#ifdef CXR_MASKED
+    _mm_mask_storeu_epi16(p, lane_mask(lanes), (__m128i)bits);
+#else
+    std::memcpy(p, &bits, lanes * sizeof(uint16_t));
+#endif
+}
+inline v8i load_code(const uint8_t* p, int lanes) {
+    v8b b;
+    if (lanes == kLanes) {
+        std::memcpy(&b, p, sizeof b);
+    } else {
+#ifdef CXR_MASKED
+        uint64_t word;
+        const __m128i x = _mm_maskz_loadu_epi8(lane_mask(lanes), p);
+        word = static_cast<uint64_t>(_mm_cvtsi128_si64(x));
+        std::memcpy(&b, &word, sizeof b);
+#else
+        b = v8b{};
+        std::memcpy(&b, p, lanes);
+#endif
+    }
+    return __builtin_convertvector(b, v8i);
+}
+inline void store_code(uint8_t* p, v8i code, int lanes) {
+    const v8b b = __builtin_convertvector(code, v8b);
+    if (lanes == kLanes) {
+        std::memcpy(p, &b, sizeof b);
+        return;
+    }
+#ifdef CXR_MASKED
+    uint64_t word;
+    std::memcpy(&word, &b, sizeof word);
+    _mm_mask_storeu_epi8(p, lane_mask(lanes), _mm_cvtsi64_si128(static_cast<int64_t>(word)));
+#else
+    std::memcpy(p, &b, lanes);
+#endif
+}
+inline v8 select(v8i mask, v8 a, v8 b) { return mask ? a : b; }
+
+// calls f(j0, lanes) for each chunk of eight channels; with C known at compile time the chunks are unrolled
+// here (GCC 12 did not unroll the loop itself, and a variable `lanes` made every load a memcpy call)
+template <int C, int J0 = 0, typename F>
+inline void static_chunks(F&& f) {
+    if constexpr (J0 < C) {
+        f(J0, C - J0 < kLanes ? C - J0 : kLanes);
+        static_chunks<C, J0 + kLanes>(f);
+    }
+}
+
+template <int C, typename F>
+inline void for_chunks(int64_t ch, F&& f) {
+    if constexpr (C > 0) {
+        static_chunks<C>(f);
+    } else {
+        for (int j0 = 0; j0 < ch; j0 += kLanes) f(j0, static_cast<int>(ch - j0 < kLanes ? ch - j0 : kLanes));
+    }
+}
+
+// y = max-pool(scale * z + shift), then the ReLU (code 4: cut, no gradient); even H and W, C <= 64.
+// Ties and NaNs as the max-pool kernel above; ReLU(NaN) is NaN, ReLU(0) has no gradient (as ATen's).
+template <typename T, int C>
+void bn_pool_forward(const T* z, const float* scale, const float* shift, T* y, uint8_t* code, int64_t planes,
+                     int64_t h, int64_t w, int64_t c, int relu, int threads) {
+    const int64_t oh = h / 2, ow_count = w / 2, rows = planes * oh;
+    const int64_t ch = C > 0 ? C : c;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t p = r / oh, i = r % oh;
+        const T* r0 = z + ((p * h) + 2 * i) * w * ch;
+        const T* r1 = r0 + w * ch;
+        for (int64_t ow = 0; ow < ow_count; ++ow) {
+            const T* a = r0 + 2 * ow * ch;
+            const T* b = r1 + 2 * ow * ch;
+            const int64_t at = (r * ow_count + ow) * ch;
+            for_chunks<C>(ch, [&](int j0, int lanes) {
+                const v8 sc = load_lanes(scale + j0, lanes), sh = load_lanes(shift + j0, lanes);
+                const v8 v[4] = {load_lanes(a + j0, lanes) * sc + sh, load_lanes(a + ch + j0, lanes) * sc + sh,
+                                 load_lanes(b + j0, lanes) * sc + sh, load_lanes(b + ch + j0, lanes) * sc + sh};
+                v8 m = v[0];
+                v8i arg = v8i{};
+                for (int q = 1; q < 4; ++q) {
+                    const v8i take = (v[q] > m) | (v[q] != v[q]);
+                    m = select(take, v[q], m);
+                    arg = take ? v8i{} + q : arg;
+                }
+                if (relu) {
+                    const v8i cut = m <= 0.f;  // false for NaN
+                    m = select(cut, splat(0.f), m);
+                    arg = cut ? v8i{} + 4 : arg;
+                }
+                store_lanes(y + at + j0, m, lanes);
+                store_code(code + at + j0, arg, lanes);
+            });
+        }
+    }
+}
+
+// s1 = sum of the gradient reaching the map (the pooled gradient where code < 4), s2 = the same times
+// (z - mean) at the argmax; per channel, fp32 within a row, fp64 across rows
+template <typename T, int C>
+void bn_pool_backward_sums(const T* gy, const uint8_t* code, const T* z, const float* mean, int64_t planes,
+                           int64_t h, int64_t w, int64_t c, double* s1, double* s2, int threads) {
+    const int64_t oh = h / 2, ow_count = w / 2, rows = planes * oh;
+    const int64_t ch = C > 0 ? C : c;
+    const int chunks = static_cast<int>((ch + kLanes - 1) / kLanes);
+    for (int64_t j = 0; j < ch; ++j) s1[j] = s2[j] = 0.0;
+#pragma omp parallel num_threads(threads)
+    {
+        double t1[kMaxChannels] = {}, t2[kMaxChannels] = {};
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; ++r) {
+            const int64_t p = r / oh, i = r % oh;
+            const T* r0 = z + ((p * h) + 2 * i) * w * ch;
+            const T* r1 = r0 + w * ch;
+            v8 f1[kMaxChannels / kLanes], f2[kMaxChannels / kLanes];
+            for (int k = 0; k < chunks; ++k) f1[k] = f2[k] = splat(0.f);
+            for (int64_t ow = 0; ow < ow_count; ++ow) {
+                const T* a = r0 + 2 * ow * ch;
+                const T* b = r1 + 2 * ow * ch;
+                const int64_t at = (r * ow_count + ow) * ch;
+                for_chunks<C>(ch, [&](int j0, int lanes) {
+                    const v8i q = load_code(code + at + j0, lanes);
+                    const v8 zs = select(q == 0, load_lanes(a + j0, lanes),
+                                         select(q == 1, load_lanes(a + ch + j0, lanes),
+                                                select(q == 2, load_lanes(b + j0, lanes), load_lanes(b + ch + j0, lanes))));
+                    const v8 g = select(q < 4, load_lanes(gy + at + j0, lanes), splat(0.f));
+                    f1[j0 / kLanes] += g;
+                    f2[j0 / kLanes] += g * (zs - load_lanes(mean + j0, lanes));
+                });
+            }
+            for (int64_t j = 0; j < ch; ++j) t1[j] += f1[j / kLanes][j % kLanes], t2[j] += f2[j / kLanes][j % kLanes];
+        }
+#pragma omp critical
+        for (int64_t j = 0; j < ch; ++j) s1[j] += t1[j], s2[j] += t2[j];
+    }
+}
+
+// dz = scale * (dy - m1 - (z - mean) * m2), where dy is the pooled gradient at each window's argmax and 0
+// elsewhere; m1 = s1 / M and m2 = s2 * invstd^2 / M (M values per channel)
+template <typename T, int C>
+void bn_pool_backward_dx(const T* gy, const uint8_t* code, const T* z, const float* scale, const float* mean,
+                         const float* m1, const float* m2, T* dz, int64_t planes, int64_t h, int64_t w, int64_t c,
+                         int threads) {
+    const int64_t oh = h / 2, ow_count = w / 2, rows = planes * oh;
+    const int64_t ch = C > 0 ? C : c;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t p = r / oh, i = r % oh;
+        const int64_t off = ((p * h) + 2 * i) * w * ch;
+        for (int64_t ow = 0; ow < ow_count; ++ow) {
+            const int64_t at = (r * ow_count + ow) * ch;
+            const int64_t pos[4] = {off + 2 * ow * ch, off + (2 * ow + 1) * ch, off + (w + 2 * ow) * ch,
+                                    off + (w + 2 * ow + 1) * ch};
+            for_chunks<C>(ch, [&](int j0, int lanes) {
+                const v8i q = load_code(code + at + j0, lanes);
+                const v8 g = load_lanes(gy + at + j0, lanes);
+                const v8 sc = load_lanes(scale + j0, lanes), k2 = load_lanes(m2 + j0, lanes);
+                const v8 base = load_lanes(mean + j0, lanes) * k2 - load_lanes(m1 + j0, lanes);
+                for (int t = 0; t < 4; ++t) {
+                    const v8 dy = select(q == t, g, splat(0.f));
+                    store_lanes(dz + pos[t] + j0, sc * (dy + base - load_lanes(z + pos[t] + j0, lanes) * k2), lanes);
+                }
+            });
+        }
+    }
+}
+
+// Sums over every output position of a 'same' KxK convolution of (N, H, W) images: m[t] of each tap's value
+// and g[t * K*K + s] of the products of taps t and s (both fp64; g filled symmetric). Taps are rounded to bf16
+// first when bf16 is set, as autocast rounds a convolution's input.
+template <int K>
+void conv1_moments(const float* x, int64_t n, int64_t h, int64_t w, int bf16, double* m, double* g, int threads) {
+    // Computed from row pairs, not per position: a tap pair (t, s) of rows ty <= sy and columns tx, sx sums
+    // x[a][c] * x[a + sy - ty][c + sx - tx] over the rows a and columns c its taps cover, which is the
+    // full-row dot product F(a, dy, dx) minus at most K/2 products at one end of the row. So each image
+    // row costs K * (2K - 1) dot products (15 for 3x3) instead of K^2 (K^2 + 1) / 2 products per position
+    // (45): about 3x faster than accumulating every pair at every position (BENCHMARKS.md).
+    constexpr int taps = K * K, pad = K / 2, span = K - 1, shifts = 2 * K - 1;
+    const int64_t width = w + 2 * span + kLanes;  // zero margins for the shifts, one spare block for the loads
+    for (int t = 0; t < taps; ++t) m[t] = 0.0;
+    for (int t = 0; t < taps * taps; ++t) g[t] = 0.0;
+#pragma omp parallel num_threads(threads)
+    {
+        float* buf = new float[K * width];  // rows a .. a + K - 1 (zero past the image), each at offset span
+        double tm[taps] = {}, tg[taps * taps] = {};
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n * h; ++r) {
+            const float* img = x + (r / h) * h * w;
+            const int64_t a = r % h;
+            for (int d = 0; d < K; ++d) {
+                float* row = buf + d * width;
+                for (int64_t j = 0; j < width; ++j) row[j] = 0.f;
+                if (a + d >= h) continue;
+                const float* src = img + (a + d) * w;
+                for (int64_t j = 0; j < w; ++j) row[span + j] = bf16 ? round_to_bf16(src[j]) : src[j];
+            }
+            const float* r0 = buf + span;  // row a; r0[c] for c in [-span, w + span + kLanes)
+            v8 acc[K][shifts], sum = splat(0.f);
+            for (int dy = 0; dy < K; ++dy)
+                for (int dx = 0; dx < shifts; ++dx) acc[dy][dx] = splat(0.f);
+            for (int64_t c0 = 0; c0 < w; c0 += kLanes) {  // r0 is zero past w: the last block needs no mask
+                const v8 u = load8(r0 + c0);
+                sum += u;
+                for (int dy = 0; dy < K; ++dy)
+                    for (int dx = 0; dx < shifts; ++dx) acc[dy][dx] += u * load8(r0 + dy * width + c0 + dx - span);
+            }
+            double full[K][shifts], row_sum = 0.0;
+            for (int l = 0; l < kLanes; ++l) row_sum += sum[l];
+            for (int dy = 0; dy < K; ++dy)
+                for (int dx = 0; dx < shifts; ++dx) {
+                    full[dy][dx] = 0.0;
+                    for (int l = 0; l < kLanes; ++l) full[dy][dx] += acc[dy][dx][l];
+                }
+            // the columns tap tx covers are c in [e, w + e), e = tx - pad: the full row less c < e (e > 0) or
+            // c >= w + e (e < 0); the rows tap ty covers are a in [ty - pad, ty - pad + h)
+            auto uncovered = [&](int e, int dy, int dx) {  // the products outside tap column e's range
+                double out = 0.0;
+                const float* rd = r0 + dy * width + dx;
+                for (int64_t c = e > 0 ? 0 : w + e; c < (e > 0 ? e : w); ++c) out += double(r0[c]) * rd[c];
+                return out;
+            };
+            auto uncovered_sum = [&](int e) {
+                double out = 0.0;
+                for (int64_t c = e > 0 ? 0 : w + e; c < (e > 0 ? e : w); ++c) out += r0[c];
+                return out;
+            };
+            for (int ty = 0; ty < K; ++ty) {
+                if (a < ty - pad || a >= ty - pad + h) continue;
+                for (int tx = 0; tx < K; ++tx) {
+                    const int e = tx - pad, t = ty * K + tx;
+                    tm[t] += row_sum - uncovered_sum(e);
+                    for (int sy = ty; sy < K; ++sy)
+                        for (int sx = 0; sx < K; ++sx) {
+                            const int s2 = sy * K + sx;
+                            if (s2 < t) continue;
+                            const int dy = sy - ty, dx = sx - tx;
+                            tg[t * taps + s2] += full[dy][dx + span] - uncovered(e, dy, dx);
+                        }
+                }
+            }
+        }
+#pragma omp critical
+        {
+            for (int t = 0; t < taps; ++t) m[t] += tm[t];
+            for (int t = 0; t < taps * taps; ++t) g[t] += tg[t];
+        }
+        delete[] buf;
+    }
+    for (int t = 0; t < taps; ++t)
+        for (int s = 0; s < t; ++s) g[t * taps + s] = g[s * taps + t];
+}
+
+template <typename F>
+void with_element(int element_bytes, F&& f) {  // calls f(T{}) for bf16 (as uint16 bits) or fp32
+    if (element_bytes == 2) f(uint16_t{});
+    else f(float{});
+}
+
 }  // namespace
 
 extern "C" {
@@ -370,6 +739,63 @@ int cxr_maxpool2x2_backward(const void* gy, const uint8_t* code, void* gx, int e
     else
         return 1;
     return 0;
+}
+
+// Batch norm over channels_last (planes, H, W, C) maps; element_bytes 2 = bf16, 4 = fp32; returns 1 if unsupported
+int cxr_bn_stats(const void* z, int element_bytes, int64_t rows, int64_t w, int64_t c, double* sum, double* sumsq,
+                 int threads) {
+    if (element_bytes != 2 && element_bytes != 4) return 1;
+    with_element(element_bytes, [&](auto t) {
+        using T = decltype(t);
+        with_channels(c, [&](auto C) { bn_stats<T, decltype(C)::value>(static_cast<const T*>(z), rows, w, c, sum, sumsq, threads); });
+    });
+    return 0;
+}
+
+int cxr_bn_pool_forward(const void* z, const float* scale, const float* shift, void* y, uint8_t* code,
+                        int element_bytes, int64_t planes, int64_t h, int64_t w, int64_t c, int relu, int threads) {
+    if ((element_bytes != 2 && element_bytes != 4) || h % 2 || w % 2 || c > kMaxChannels) return 1;
+    with_element(element_bytes, [&](auto t) {
+        using T = decltype(t);
+        with_channels(c, [&](auto C) {
+            bn_pool_forward<T, decltype(C)::value>(static_cast<const T*>(z), scale, shift, static_cast<T*>(y), code,
+                                                   planes, h, w, c, relu, threads);
+        });
+    });
+    return 0;
+}
+
+int cxr_bn_pool_backward(const void* gy, const uint8_t* code, const void* z, const float* mean, const float* invstd,
+                         const float* scale, void* dz, double* s1, double* s2, int element_bytes, int64_t planes,
+                         int64_t h, int64_t w, int64_t c, int threads) {
+    if ((element_bytes != 2 && element_bytes != 4) || h % 2 || w % 2 || c > kMaxChannels) return 1;
+    const double count = static_cast<double>(planes) * h * w;
+    with_element(element_bytes, [&](auto t) {
+        using T = decltype(t);
+        with_channels(c, [&](auto C) {
+            constexpr int CC = decltype(C)::value;
+            const T* g = static_cast<const T*>(gy);
+            const T* zz = static_cast<const T*>(z);
+            bn_pool_backward_sums<T, CC>(g, code, zz, mean, planes, h, w, c, s1, s2, threads);
+            float* m1 = new float[2 * c];
+            float* m2 = m1 + c;
+            for (int64_t j = 0; j < c; ++j) {
+                m1[j] = static_cast<float>(s1[j] / count);
+                m2[j] = static_cast<float>(s2[j] * invstd[j] * invstd[j] / count);
+            }
+            bn_pool_backward_dx<T, CC>(g, code, zz, scale, mean, m1, m2, static_cast<T*>(dz), planes, h, w, c, threads);
+            delete[] m1;
+        });
+    });
+    return 0;
+}
+
+// the first block's patch moments (see conv1_moments); kernel sizes 3 and 5, returns 1 for others
+int cxr_conv1_moments(const float* x, int k, int64_t n, int64_t h, int64_t w, int bf16, double* m, double* g,
+                      int threads) {
+    if (k == 3) return conv1_moments<3>(x, n, h, w, bf16, m, g, threads), 0;
+    if (k == 5) return conv1_moments<5>(x, n, h, w, bf16, m, g, threads), 0;
+    return 1;
 }
 
 }  // extern "C"

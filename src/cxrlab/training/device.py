@@ -16,7 +16,8 @@ def training_memory_format(model: torch.nn.Module, device: torch.device) -> torc
     (BENCHMARKS.md). A model can opt out on CPU with `cpu_channels_last_training = False`:
     ATen's CPU batch-norm backward is slow in channels_last on narrow layers (seed-cnn-bn, 8-50
     channels: 55-64 img/s against 83-130 contiguous; wider nets such as resnet18 and kaggle-cnn
-    are faster in channels_last). Inference always uses channels_last (faster for every model here)."""
+    are faster in channels_last). `cxrlab.accel` turns it back on for seed-cnn-bn when its kernels, which
+    replace ATen's batch norm, are built. Inference always uses channels_last (faster for every model here)."""
     if device.type == "cpu" and not getattr(model, "cpu_channels_last_training", True):
         return torch.contiguous_format
     return torch.channels_last
