@@ -13,6 +13,10 @@ The reference is benchmarks/reference/seed_keras.py in its own virtual environme
   5. data: cold and warm load of the NIH subset (the reference reads with PIL every run)
   6. memory: peak RSS of the workflow on the NIH subset, and of one training epoch on a synthetic
      50,000-image set at 256 px (HDF5 source, image cache on disk)
+  7. recipes (issue 21): `cxrlab train` then `cxrlab evaluate` as a user runs them (warm image cache),
+     the default recipe against the lesson's, back to back per repetition, on NIH effusion and NIH
+     pneumonia (Kermany too with --recipe-tasks); with seed-cnn-bn's training rate beside seed-cnn's in
+     row 1b and the default run's test-time-view scoring rate (1 + 8 views per image) in row 8
 Also `--levers`: cxrlab's own speed levers one by one (fp32 NCHW, channels_last, bf16, both).
 Run: python benchmarks/speed.py [--repeats 3] [--rows train,infer,workflow,frozen,data,memory]
      [--reference-python .venv-bench/bin/python] [--smoke] [--levers]
@@ -47,7 +51,13 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "benchmarks" / "reference" / "seed_keras.py"
 NIH = ROOT.parent / "shared" / "data" / "nih-cxr14-subset"
 CPU = torch.device("cpu")
-ALL_ROWS = "train,infer,workflow,frozen,data,memory"
+ALL_ROWS = "train,infer,workflow,frozen,data,memory,recipes"
+SHARED = ROOT.parent / "shared" / "data"
+RECIPE_TASKS = {
+    "nih-effusion": (NIH, "Effusion", ["No Finding"]),
+    "nih-pneumonia": (NIH, "Pneumonia", ["No Finding"]),
+    "kermany": (SHARED / "kermany-pneumonia", "PNEUMONIA", ["NORMAL"]),
+}
 
 
 # -- cxrlab side: the code paths `cxrlab train` and `cxrlab predict` use ------------------------------
@@ -125,6 +135,34 @@ def workflow(source: str, positive: str, negative: list[str] | None, workdir: Pa
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "train_s": run.info["train_seconds"], "test_auc": roc_auc_score(test["y"], test["score"]),
             "split": str(run.dir.split)}
+
+
+def cli_recipe(source: str, positive: str, negative: list[str] | None, out: Path, recipe: str,
+               extra: tuple[str, ...] = ()) -> dict:
+    """`cxrlab train --recipe R` then `cxrlab evaluate` (test split, the run's views), each its own process
+    as a user runs them: wall seconds of both, epochs run, test AUC."""
+    cxrlab = str(Path(sys.executable).with_name("cxrlab"))
+    neg = [a for n in (negative or []) for a in ("--negative", n)]
+    t0 = time.perf_counter()
+    subprocess.run([cxrlab, "train", source, "--positive", positive, *neg, "--recipe", recipe, "--out", str(out),
+                    "--overwrite", *extra], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([cxrlab, "evaluate", str(out)], check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    info = json.loads((out / "run.json").read_text())
+    metrics = json.loads((out / "eval" / "test" / "metrics.json").read_text())
+    return {"wall_s": wall, "epochs": info["epochs_run"], "test_auc": metrics["auc"]}
+
+
+def view_scoring_rate(run: Path) -> float:
+    """Images per second that RunModel scores the run's validation and test images with its views."""
+    from cxrlab.inference import RunModel
+
+    model = RunModel(run)
+    data = model.own_data()
+    model.score_data(data, "val")  # warm
+    t0 = time.perf_counter()
+    scored = model.score_data(data, "test")
+    return len(scored["y"]) / (time.perf_counter() - t0)
 
 
 def frozen_transfer(source: str, positive: str, negative, workdir: Path, epochs: int, cached: bool) -> float:
@@ -319,6 +357,8 @@ def main() -> int:
     ap.add_argument("--levers", action="store_true")
     ap.add_argument("--lever-row", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--synthetic-images", type=int, default=50_000)
+    ap.add_argument("--recipe-tasks", default="nih-effusion,nih-pneumonia",
+                    help=f"row 7's tasks, from {', '.join(RECIPE_TASKS)}")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--probe-source", help=argparse.SUPPRESS)
     ap.add_argument("--probe-positive", help=argparse.SUPPRESS)
@@ -358,10 +398,18 @@ def main() -> int:
         print("| row | cxrlab | Keras reference | cxrlab advantage (>1: cxrlab better) | target |")
         print("|---|---|---|---|---|")
         if "train" in rows:
-            ours = median(train_throughput(steps) for _ in range(repeats))
+            plain_rates, bn_rates = [], []
+            for _ in range(repeats):  # back to back, so that both see the same machine
+                plain_rates.append(train_throughput(steps))
+                bn_rates.append(train_throughput(steps, model_name="seed-cnn-bn"))
+            ours = median(plain_rates)
             ref = median(reference(ref_python, "train-throughput", "--steps", str(steps))["train_img_s"]
                          for _ in range(repeats)) if ref_python else None
             row("1. training, seed-cnn batch 16", ours, ref, "img/s", True, ">= 2x")
+            ratios = [b / a for a, b in zip(plain_rates, bn_rates)]
+            each = ", ".join(f"{r:.2f}" for r in ratios)
+            print(f"| 1b. training, seed-cnn-bn batch 16 (the default recipe's network) | {fmt(median(bn_rates), 'img/s')} "
+                  f"| | {median(ratios):.2f}x seed-cnn's (per repetition: {each}) | >= 0.85x seed-cnn |", flush=True)
         if "infer" in rows:
             ours = [inference(batches, singles) for _ in range(repeats)]
             refs = [reference(ref_python, "inference", "--batches", str(batches), "--singles", str(singles))
@@ -406,6 +454,31 @@ def main() -> int:
             row(f"5. cold load, {n} images", median(o["cold_s"] for o in ours), ref_load, "s", False)
             row(f"5. warm load, {n} images (the reference reads them again)", median(o["warm_s"] for o in ours),
                 ref_load, "s", False)
+        if "recipes" in rows:
+            tasks = args.recipe_tasks.split(",") if not args.smoke else ["demo"]
+            for task in tasks:
+                src, pos, neg = (source, positive, negative) if task == "demo" else RECIPE_TASKS[task]
+                if not Path(src).exists():
+                    print(f"| 7. recipes, {task} | (no {src}) | | | |")
+                    continue
+                runs = {"lesson": [], "default": []}
+                for i in range(repeats):
+                    for name in runs:
+                        runs[name].append(cli_recipe(str(src), pos, neg, work / f"{task}-{name}-{i}", name,
+                                                     ("--epochs", "1") if args.smoke else ()))
+                ratios = [d["wall_s"] / l["wall_s"] for l, d in zip(runs["lesson"], runs["default"])]
+                target = "<= 2x" if task == "kermany" else "<= 1.5x"
+                for name, r in runs.items():
+                    epochs_run = ", ".join(str(x["epochs"]) for x in r)
+                    aucs = ", ".join(f"{x['test_auc']:.3f}" for x in r)
+                    print(f"| 7. {task}, {name} recipe: train + evaluate | {fmt(median(x['wall_s'] for x in r), 's')} "
+                          f"| | epochs {epochs_run}; test AUC {aucs} | |", flush=True)
+                each = ", ".join(f"{x:.2f}" for x in ratios)
+                print(f"| 7. {task}: default / lesson wall time | | | {median(ratios):.2f}x (per repetition: {each}) "
+                      f"| {target} |", flush=True)
+                rate = view_scoring_rate(work / f"{task}-default-0")
+                print(f"| 8. {task}: test-time-view scoring, default run (1 + 8 views) | {fmt(rate, 'img/s')} | | | |",
+                      flush=True)
         if "memory" in rows:
             nih = memory(source, positive, negative or [], work / "mem-nih", epochs)
             n_syn = 300 if args.smoke else args.synthetic_images

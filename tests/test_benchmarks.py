@@ -22,12 +22,15 @@ def test_speed_benchmark_smoke_runs_both_sides(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in out.stdout.splitlines() if re.match(r"\| \d\. ", line)}
-    for label in ("1. training", "2. inference", "3. workflow: disk", "3. workflow: test AUC", "4. frozen",
-                  "5. cold load", "6. peak RSS, workflow", "6. peak RSS, 1 epoch"):
+            for line in out.stdout.splitlines() if re.match(r"\| \db?\. ", line)}
+    for label in ("1. training", "1b. training, seed-cnn-bn", "2. inference", "3. workflow: disk",
+                  "3. workflow: test AUC", "4. frozen", "5. cold load", "6. peak RSS, workflow", "6. peak RSS, 1 epoch",
+                  "7. demo, lesson recipe", "7. demo, default recipe", "7. demo: default / lesson", "8. demo: test-time"):
         assert any(name.startswith(label) for name in rows), (label, out.stdout)
     train = next(cells for name, cells in rows.items() if name.startswith("1. training"))
     assert float(train[0].split()[0].replace(",", "")) > 0
+    ratio = next(cells for name, cells in rows.items() if name.startswith("7. demo: default / lesson"))
+    assert re.match(r"[\d.]+x \(per repetition", ratio[2])
     if with_reference:  # both sides measured: a ratio in every comparison row
         assert float(train[1].split()[0].replace(",", "")) > 0 and re.fullmatch(r"[\d.]+x", train[2])
         assert "tensorflow" in out.stdout
