@@ -34,6 +34,8 @@ def test_speed_benchmark_smoke_runs_both_sides(tmp_path):
     if with_reference:  # both sides measured: a ratio in every comparison row
         assert float(train[1].split()[0].replace(",", "")) > 0 and re.fullmatch(r"[\d.]+x", train[2])
         assert "tensorflow" in out.stdout
+        keras = next(cells for name, cells in rows.items() if name.startswith("7. demo: the lesson as a user runs it"))
+        assert float(keras[1].split()[0]) > 0 and re.match(r"[\d.]+x \(per repetition", keras[2])
 
 
 @pytest.mark.slow

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +121,69 @@ def test_config_yaml_round_trip_and_unknown_keys(tmp_path):
         load_yaml(DataConfig, tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="normalization"):
         DataConfig(normalization="zscore")
+
+
+def _torchvision_augment(image, p, i):
+    """Image i through torchvision's own functional ops with the batch's drawn parameters."""
+    from torchvision.transforms.v2 import functional as F
+
+    out = F.affine(image, angle=float(p["angle"][i]), translate=[int(p["tx"][i]), int(p["ty"][i])],
+                   scale=float(p["scale"][i]), shear=[float(p["shear"][i]), 0.0])
+    steps = [(F.adjust_brightness, float(p["brightness"][i])), (F.adjust_contrast, float(p["contrast"][i]))]
+    for op, factor in (steps if p["brightness_first"][i] else steps[::-1]):
+        out = op(out, factor)
+    return F.horizontal_flip(out) if p["flip"][i] else out
+
+
+@pytest.mark.parametrize("ranges", [{}, {"rotation": 25, "shift": 0.2, "zoom": 0.3, "shear": 15, "brightness": 0.4,
+                                         "contrast": 0.4, "hflip": True}])
+def test_batch_augmentation_is_torchvisions_bit_for_bit(ranges):
+    """Each image of a batch gets exactly what torchvision's RandomAffine and ColorJitter compute for the
+    parameters drawn for it (non-square images, saturated pixels, both colour orders, flips)."""
+    from cxrlab.data.augment import BatchAugment
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the hflip warning
+        augment = BatchAugment(AugmentConfig(enabled=True, **ranges))
+    torch.manual_seed(0)
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (24, 1, 40, 56), dtype=np.uint8))
+    images[:, :, :8] = 255
+    params = augment.params(24, 40, 56)
+    out = augment(images, params)
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    assert params["brightness_first"].any() and not params["brightness_first"].all()
+    for i in range(24):
+        assert torch.equal(out[i], _torchvision_augment(images[i], params, i)), i
+    one = augment(images[0])  # one image, as the figures and notebooks call it
+    assert one.shape == images[0].shape
+
+
+def test_batch_augmentation_draws_torchvisions_distributions():
+    """The parameters' ranges and rounding are RandomAffine's and ColorJitter's (translations in whole
+    pixels, factors around 1), and every image gets its own draw."""
+    from cxrlab.data.augment import BatchAugment
+
+    cfg = AugmentConfig(enabled=True)
+    torch.manual_seed(1)
+    p = BatchAugment(cfg).params(4000, 256, 256)
+    for key, lo, hi in (("angle", -cfg.rotation, cfg.rotation), ("scale", 1 - cfg.zoom, 1 + cfg.zoom),
+                        ("shear", -cfg.shear, cfg.shear), ("brightness", 1 - cfg.brightness, 1 + cfg.brightness),
+                        ("contrast", 1 - cfg.contrast, 1 + cfg.contrast)):
+        v = p[key]
+        assert lo <= v.min() < lo + 0.05 * (hi - lo) and hi - 0.05 * (hi - lo) < v.max() <= hi, key
+        assert abs(float(v.mean()) - (lo + hi) / 2) < 0.03 * (hi - lo), key
+    assert torch.equal(p["tx"], p["tx"].round()) and p["tx"].abs().max() == round(cfg.shift * 256)
+    assert 0.45 < float(p["brightness_first"].float().mean()) < 0.55 and not p["flip"].any()
+    assert len(torch.unique(p["angle"])) == 4000
+
+
+def test_training_batches_are_augmented_in_the_collate(flat_folders):
+    from cxrlab.data.augment import build_augment
+
+    cfg = DataConfig(image_size=32, augment=AugmentConfig(enabled=True))
+    data = load_data(flat_folders, config=cfg)
+    train = data.dataset("train")
+    plain_batch, _ = make_collate("unit")([train[0], train[1]])
+    torch.manual_seed(0)
+    augmented, _ = make_collate("unit", augment=build_augment(cfg.augment))([train[0], train[1]])
+    assert augmented.shape == plain_batch.shape and not torch.equal(augmented, plain_batch)

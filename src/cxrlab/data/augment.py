@@ -1,10 +1,5 @@
-"""Training-time augmentation from the config, with torchvision's v2 transforms, one image at a time
-in the Dataset.
-
-A batched version on tensors (one affine_grid/grid_sample call per batch) was 30x cheaper per image,
-and matched these transforms' geometry statistics, but its models scored lower on NIH effusion test
-patients (test AUC 0.75-0.76 in 3 runs against 0.88-0.91 in 2 runs, same split and seed; cause not
-found), so the measured-good path stays. See BENCHMARKS.md.
+"""Training-time augmentation from the config: torchvision's RandomAffine and ColorJitter, as configured
+here, computed for a whole batch at once (`BatchAugment`), one random draw per image.
 
 Test-time views (`tta_views`, `with_views`) reuse the same ranges on whole batches: a few fixed
 transforms, each applied alike to every image."""
@@ -23,23 +18,100 @@ from ..config import AugmentConfig
 # ops, and with them torch._dynamo (2.5 s of a lesson-recipe `cxrlab train`, which never augments; BENCHMARKS.md)
 
 
-def build_augment(cfg: AugmentConfig) -> v2.Compose | None:
-    """A transform for uint8 1 x H x W tensors, or None when augmentation is off."""
-    if not cfg.enabled:
-        return None
-    from torchvision.transforms import v2
+class BatchAugment:
+    """v2.RandomAffine(rotation, translate, scale, shear; nearest, fill 0), then v2.ColorJitter(brightness,
+    contrast) in its random order, then (if on) a horizontal flip: the same transforms, parameter
+    distributions and pixel arithmetic as torchvision's, for uint8 batches N x 1 x H x W (or one 1 x H x W
+    image), drawn from torch's global generator as torchvision does.
 
-    steps = [
-        v2.RandomAffine(degrees=cfg.rotation, translate=(cfg.shift, cfg.shift),
-                        scale=(1 - cfg.zoom, 1 + cfg.zoom), shear=cfg.shear),
-        v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast),
-    ]
-    if cfg.hflip:
-        warnings.warn("horizontal flip is on: flipped chest X-rays put the heart on the right, which is "
-                      "anatomically wrong (situs inversus is rare); leave it off unless you know why.",
-                      stacklevel=2)
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps)
+    Written for batches because torchvision's v2 transforms draw one set of parameters per call: per
+    image in Python they were most of the default recipe's augmentation cost (BENCHMARKS.md). Here the
+    affine is one grid_sample call over the batch (the sampling grids are torchvision's own, per image) and
+    the colour changes are tensor ops. Given the same parameters, each image is torchvision's result bit
+    for bit (tests). An earlier batched version (session 2) used its own affine matrices, bilinear
+    sampling and float colour arithmetic, and lost test AUC for a reason never found; this one leaves no
+    difference to find."""
+
+    def __init__(self, cfg: AugmentConfig):
+        self.cfg = cfg
+        if cfg.hflip:
+            warnings.warn("horizontal flip is on: flipped chest X-rays put the heart on the right, which is "
+                          "anatomically wrong (situs inversus is rare); leave it off unless you know why.",
+                          stacklevel=3)
+
+    def params(self, n: int, height: int, width: int) -> dict[str, torch.Tensor]:
+        """n images' draws, each from torchvision's distribution: angle U(-r, r) degrees; shifts of
+        round(U(-f, f) x size) pixels; scale U(1 - z, 1 + z); x shear U(-s, s) degrees; brightness and
+        contrast factors U(1 - b, 1 + b); brightness before contrast with probability 1/2 (ColorJitter's
+        random order); a flip with probability 1/2 when hflip is on."""
+        c = self.cfg
+
+        def uniform(r: float, centre: float = 0.0, low: float = -np.inf) -> torch.Tensor:
+            return torch.empty(n, dtype=torch.float64).uniform_(max(centre - r, low), centre + r)
+
+        return {"angle": uniform(c.rotation), "tx": uniform(c.shift * width).round(),
+                "ty": uniform(c.shift * height).round(), "scale": uniform(c.zoom, 1.0), "shear": uniform(c.shear),
+                "brightness": uniform(c.brightness, 1.0, low=0.0), "contrast": uniform(c.contrast, 1.0, low=0.0),
+                "brightness_first": torch.rand(n) < 0.5, "flip": (torch.rand(n) < 0.5) & c.hflip}
+
+    def __call__(self, images: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+        single = images.dim() == 3
+        x = images[None] if single else images
+        n, _, h, w = x.shape
+        p = self.params(n, h, w) if params is None else params
+        out = _color(_affine(x, p), p)
+        if p["flip"].any():
+            out = torch.where(p["flip"].view(-1, 1, 1, 1), out.flip(-1), out)
+        return out[0] if single else out
+
+
+def _affine(x: torch.Tensor, p: dict) -> torch.Tensor:
+    """torchvision's affine_image (nearest, fill 0) with each image's own matrix, as one grid_sample; the
+    result as floats holding whole values 0-255 (what torchvision rounds and casts to uint8)."""
+    from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix
+
+    n, _, h, w = x.shape
+    theta = torch.tensor([_get_inverse_affine_matrix([0.0, 0.0], float(p["angle"][i]),
+                                                     [float(p["tx"][i]), float(p["ty"][i])], float(p["scale"][i]),
+                                                     [float(p["shear"][i]), 0.0]) for i in range(n)],
+                         dtype=torch.float32)
+    # torchvision's _affine_grid for all images at once: its base grid of pixel centres (made once, as it makes
+    # it), times each image's matrix rescaled to grid_sample's [-1, 1]
+    base = torch.empty(1, h, w, 3)
+    base[..., 0].copy_(torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w))
+    base[..., 1].copy_(torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h).unsqueeze_(-1))
+    base[..., 2].fill_(1)
+    rescaled = theta.view(n, 2, 3).transpose(1, 2).div_(torch.tensor([0.5 * w, 0.5 * h], dtype=torch.float32))
+    grid = base.view(1, h * w, 3).expand(n, -1, -1).bmm(rescaled).view(n, h, w, 2)
+    out = torch.nn.functional.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out.round_()  # fill 0 is grid_sample's zero padding
+
+
+def _color(x: torch.Tensor, p: dict) -> torch.Tensor:
+    """ColorJitter's brightness and contrast, in each image's order, with torchvision's uint8 arithmetic
+    (float products, clamped to 255 and truncated after each step): brightness x * b; contrast
+    x * c + mean * (1 - c). x holds whole values 0-255 as floats; returns uint8."""
+    out = torch.empty(x.shape, dtype=torch.uint8)
+    for brightness_first in (True, False):
+        idx = torch.nonzero(p["brightness_first"] == brightness_first).flatten()
+        if len(idx) == 0:
+            continue
+        y = x[idx]
+        for step in ("brightness", "contrast") if brightness_first else ("contrast", "brightness"):
+            factor = p[step][idx].to(torch.float32).view(-1, 1, 1, 1)
+            if step == "brightness":
+                y = y.mul_(factor)
+            else:
+                alpha = (1.0 - p[step][idx]).to(torch.float32).view(-1, 1, 1, 1)
+                y = y.mul(factor).add_(y.mean(dim=(-3, -2, -1), keepdim=True) * alpha)
+            y = y.clamp_(0, 255).trunc_()  # torchvision's .to(uint8) after each step
+        out[idx] = y.to(torch.uint8)
+    return out
+
+
+def build_augment(cfg: AugmentConfig) -> BatchAugment | None:
+    """The configured augmentation, for a uint8 batch N x 1 x H x W or one 1 x H x W image; None when off."""
+    return BatchAugment(cfg) if cfg.enabled else None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Torch dataset over cached uint8 images: augmentation per image, normalisation per batch."""
+"""Torch dataset over cached uint8 images; augmentation and normalisation per batch, in the collate."""
 
 from __future__ import annotations
 
@@ -62,12 +62,15 @@ class XrayDataset(Dataset):
         return img, torch.from_numpy(np.array(label, np.float32)) if np.ndim(label) else torch.tensor(float(label))
 
 
-def make_collate(mode: str, channels: int = 1):
-    """A DataLoader collate_fn that stacks uint8 images and normalises the batch."""
+def make_collate(mode: str, channels: int = 1, augment=None):
+    """A DataLoader collate_fn that stacks uint8 images, augments the batch when given a `BatchAugment`
+    (one random draw per image), and normalises it."""
 
     def collate(batch):
         images = torch.stack([b[0] for b in batch])
         labels = torch.stack([b[1] for b in batch])
+        if augment is not None:
+            images = augment(images)
         return normalize(images, mode, channels), labels
 
     return collate

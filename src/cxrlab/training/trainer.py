@@ -27,6 +27,7 @@ from ..accel import accelerate
 from ..checkpoint import atomic_torch_save, load_checkpoint, load_state_dict, save_state_dict, save_weights
 from ..config import TrainConfig, load_yaml, save_yaml
 from ..data import LoadedData, load_data, save_split
+from ..data.augment import build_augment
 from ..data.dataset import make_collate
 from ..device import autocast, select_device
 from ..errors import CxrlabError
@@ -235,6 +236,7 @@ class _Loop:
             self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=pw)
         self.scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.device, cfg.precision) else None
         self.collate = make_collate(cfg.data.normalization, self.spec.in_chans)
+        self.train_collate = make_collate(cfg.data.normalization, self.spec.in_chans, build_augment(cfg.data.augment))
         # its own generator: iterating a DataLoader draws a seed, and validation must not shift the
         # global RNG (dropout masks), whether or not its features are cached
         self.val_loader = DataLoader(data.dataset("val"), batch_size=max(64, cfg.batch_size),
@@ -292,8 +294,7 @@ class _Loop:
     def _train_batches(self, epoch: int):
         """Batches of (input, label, forward) for this epoch, in an order fixed by seed and epoch."""
         cfg, world = self.cfg, self.ctx.world
-        dataset = self.cached if self.cached is not None else \
-            self.data.dataset("train", augment=cfg.data.augment.enabled)
+        dataset = self.cached if self.cached is not None else self.data.dataset("train")
         batch = max(1, cfg.batch_size // world)  # the global batch stays cfg.batch_size
         if self.ctx.active:
             sampler = DistributedSampler(dataset, world, self.ctx.rank, shuffle=True, seed=cfg.seed)
@@ -301,11 +302,12 @@ class _Loop:
             self.train_padding = len(sampler) * world - len(dataset)
             sampler.set_epoch(epoch)
             loader = DataLoader(dataset, batch_size=batch, sampler=sampler,
-                                collate_fn=None if self.cached is not None else self.collate, num_workers=cfg.workers)
+                                collate_fn=None if self.cached is not None else self.train_collate,
+                                num_workers=cfg.workers)
         else:
             gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
             loader = DataLoader(dataset, batch_size=batch, shuffle=True, generator=gen,
-                                collate_fn=None if self.cached is not None else self.collate,
+                                collate_fn=None if self.cached is not None else self.train_collate,
                                 num_workers=cfg.workers)
         forward = self.model.head if self.cached is not None else (self.ddp or self.model)
         self.batches_total = len(loader)
