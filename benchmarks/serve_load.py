@@ -19,12 +19,12 @@ from pathlib import Path
 import httpx
 
 
-def start_server(run: str) -> tuple[subprocess.Popen, str]:
+def start_server(run: str, backend: str = "auto") -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cxrlab = Path(sys.executable).with_name("cxrlab")
-    proc = subprocess.Popen([str(cxrlab), "serve", run, "--port", str(port)], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([str(cxrlab), "serve", run, "--port", str(port), "--backend", backend], stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -61,11 +61,13 @@ def main() -> int:
     ap.add_argument("image")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--backend", default="auto", help="the server's: torch, onnxruntime or auto")
     args = ap.parse_args()
     data = open(args.image, "rb").read()
-    proc, base = start_server(args.run)
+    proc, base = start_server(args.run, args.backend)
     try:
-        print(f"server pid {proc.pid}, {os.cpu_count()} CPUs, {args.requests} requests at concurrency {args.concurrency}")
+        print(f"server pid {proc.pid} (backend {args.backend}), {os.cpu_count()} CPUs, {args.requests} requests at "
+              f"concurrency {args.concurrency}")
         print("| request | requests | errors | p50 ms | p99 ms | requests/s |")
         print("|---|---|---|---|---|---|")
         for name, params in (("predict", {}), ("predict + Grad-CAM heatmap", {"heatmap": "true", "method": "gradcam"})):

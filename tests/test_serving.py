@@ -365,3 +365,15 @@ def test_a_stalled_upload_is_closed(run_dir):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_auto_backend_is_torch_where_cxrlabs_kernels_run_the_model(run_dir, monkeypatch):
+    """seed-cnn(-bn) in cxrlab's CPU kernels scores faster than ONNX Runtime (BENCHMARKS.md: p50 112 against
+    199 ms serving a default-recipe run); without the kernels `auto` keeps ONNX Runtime."""
+    from cxrlab.accel import kernels
+    from cxrlab.serving import Predictor
+
+    if kernels._library() is not None:
+        assert Predictor(run_dir, device="cpu", backend="auto").backend == "torch"
+    monkeypatch.setitem(kernels._state, "lib", None)
+    assert Predictor(run_dir, device="cpu", backend="auto").backend == "onnxruntime"

@@ -585,7 +585,8 @@ def serve(run: Path = typer.Argument(..., help="A run directory."),
           port: int = typer.Option(8000), max_upload_mb: float = typer.Option(20.0, help="Upload limit in MB."),
           docs: bool = typer.Option(False, help="Also serve /docs and /redoc (their scripts come from a public CDN: "
                                     "they need internet). The schema is always at /openapi.json."),
-          site: Optional[str] = typer.Option(None, help="Call at this site's operating point (`cxrlab threshold --data`).")):
+          site: Optional[str] = typer.Option(None, help="Call at this site's operating point (`cxrlab threshold --data`)."),
+          backend: str = typer.Option("auto", help="torch, onnxruntime, or auto (the faster one for the model).")):
     """Serve the web page (/), the quiz (/quiz) and the JSON API (/api, schema at /openapi.json)."""
     import uvicorn
 
@@ -593,7 +594,7 @@ def serve(run: Path = typer.Argument(..., help="A run directory."),
 
     console.print(f"cxrlab serving {run} on http://{host}:{port}/  (quiz: /quiz, API schema: /openapi.json"
                   f"{', docs: /docs' if docs else ''})")
-    uvicorn.run(create_app(run, max_upload_mb, docs=docs, site=site), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(run, max_upload_mb, docs=docs, site=site, backend=backend), host=host, port=port, log_level="warning")
 
 
 @app.command()

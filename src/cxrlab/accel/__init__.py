@@ -113,6 +113,12 @@ def accelerate(model: nn.Module) -> nn.Module:
     return model
 
 
+def runs_in_kernels(model: nn.Module) -> bool:
+    """Whether an accelerated model's blocks run in cxrlab's compiled kernels (seed-cnn and seed-cnn-bn with
+    the kernels built): on CPU these score faster than ONNX Runtime runs the exported model (BENCHMARKS.md)."""
+    return type(model) is FastSeedCNN and _library() is not None
+
+
 def _has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
@@ -128,4 +134,4 @@ def plain(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["accelerate", "plain", "FastMaxPool2x2", "FastSeedCNN"]
+__all__ = ["accelerate", "plain", "runs_in_kernels", "FastMaxPool2x2", "FastSeedCNN"]

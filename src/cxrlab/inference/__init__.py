@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..accel import accelerate, plain
+from ..accel import accelerate, plain, runs_in_kernels
 from ..checkpoint import load_state_dict
 from ..data.augment import mean_over_views, tta_views, with_views
 from ..data.images import decode_image, read_image
@@ -86,6 +86,8 @@ class RunModel:
         self.tta = (stored.tta if stored else run_tta(self.config)) if tta is None else int(tta)
         self.point = stored if stored is not None and stored.tta == self.tta else None
         self.views = tta_views(self.config.data.augment, self.tta)
+        if backend == "auto" and runs_in_kernels(self.model):
+            backend = "torch"  # cxrlab's CPU kernels beat ONNX Runtime on these models (BENCHMARKS.md)
         self.session = self._onnx_session(backend) if backend != "torch" and self.device.type == "cpu" else None
         if backend == "onnxruntime" and self.session is None:
             raise CxrlabError(f"{self.run.path}: ONNX Runtime scores on the CPU only; use --device cpu")

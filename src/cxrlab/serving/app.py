@@ -130,10 +130,11 @@ class QuizDraws:
 
 
 def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | None = None, docs: bool = False,
-               upload_timeout: float = UPLOAD_TIMEOUT_S, site: str | None = None) -> FastAPI:
+               upload_timeout: float = UPLOAD_TIMEOUT_S, site: str | None = None, backend: str = "auto") -> FastAPI:
     """docs: serve /docs and /redoc, whose scripts FastAPI loads from a public CDN (blank offline);
-    the OpenAPI schema itself is always at /openapi.json. site: call at that site's operating point."""
-    predictor = Predictor(run_dir, device="cpu", backend="auto", site=site)
+    the OpenAPI schema itself is always at /openapi.json. site: call at that site's operating point.
+    backend: torch, onnxruntime or auto (RunModel's choice)."""
+    predictor = Predictor(run_dir, device="cpu", backend=backend, site=site)
     limit = int(max_upload_mb * 1024 * 1024)
     split = predictor.run.read_split()
     quiz = split[split["split"] == "test"].reset_index(drop=True)
