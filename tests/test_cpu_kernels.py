@@ -305,6 +305,8 @@ def test_fused_batch_norm_pool_declines_what_it_does_not_take():
     bn = _bn(8)
     assert cpu_kernels.bn_pool(torch.randn(2, 8, 7, 8).contiguous(memory_format=torch.channels_last), bn) is None
     assert cpu_kernels.bn_pool(torch.randn(2, 8, 8, 8), bn) is None  # NCHW
+    wide = torch.randn(2, 80, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert cpu_kernels.bn_pool(wide, torch.nn.BatchNorm2d(80)) is None  # more channels than the kernel holds
     assert cpu_kernels.bn_pool(torch.randn(2, 8, 8, 8, dtype=torch.float64).contiguous(
         memory_format=torch.channels_last), bn) is None
     assert cpu_kernels.bn_pool(torch.randn(2, 8, 8, 8).contiguous(memory_format=torch.channels_last),

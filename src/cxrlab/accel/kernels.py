@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _ELEMENT_BYTES = {torch.bfloat16: 2, torch.float32: 4}
+MAX_BN_CHANNELS = 64  # cpu_kernels.cpp's kMaxChannels: the backward keeps per-channel sums on the stack
 _state: dict = {}
 
 
@@ -331,7 +332,8 @@ def bn_pool(z: torch.Tensor, bn: torch.nn.Module, relu: bool = True) -> torch.Te
     with batch statistics in training (and the running ones updated, as ATen does) and the running ones in
     evaluation; None when it does not apply (then run the layers)."""
     if (z.device.type != "cpu" or z.dim() != 4 or z.dtype not in _ELEMENT_BYTES or z.shape[-1] % 2
-            or z.shape[-2] % 2 or z.shape[-1] < 2 or not z.is_contiguous(memory_format=torch.channels_last)
+            or z.shape[-2] % 2 or z.shape[-1] < 2 or z.shape[1] > MAX_BN_CHANNELS
+            or not z.is_contiguous(memory_format=torch.channels_last)
             or not _standard_bn(bn) or _exporting() or _library() is None):
         return None
     if not bn.training:
