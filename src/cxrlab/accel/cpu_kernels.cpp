@@ -381,102 +381,63 @@ typedef uint16_t v8h __attribute__((vector_size(16)));
 typedef uint8_t v8b __attribute__((vector_size(8)));
 constexpr int kMaxChannels = 64;
 
-// A partial chunk (C not a multiple of 8: 12, 20, 50 here) is read and written with AVX-512 masked loads
-// and stores where the CPU has them: a memcpy into part of a vector stalls on store forwarding (4x slower
+// A partial chunk (C not a multiple of 8: 12, 20, 50 here) is read and written with AVX-512 masked byte
+// loads and stores where the CPU has them: a memcpy into part of a vector stalls on store forwarding (4x slower
 // per value, BENCHMARKS.md). Elsewhere the memcpy path computes the same, slower.
 #if defined(__AVX512VL__) && defined(__AVX512BW__)
 #define CXR_MASKED 1
-inline __mmask8 lane_mask(int lanes) { return static_cast<__mmask8>((1u << lanes) - 1u); }
+inline __mmask32 byte_mask(int bytes) { return static_cast<__mmask32>((1ull << bytes) - 1); }
 #endif
 
-inline v8 load_lanes(const float* p, int lanes) {
-    v8 v;
-    if (lanes == kLanes) {
+// the first `bytes` bytes at p as a vector V (up to 32 bytes), the rest zero; and back
+template <typename V>
+inline V load_partial(const void* p, int bytes) {
+    V v;
+    if (bytes == static_cast<int>(sizeof v)) {
         std::memcpy(&v, p, sizeof v);
         return v;
     }
 #ifdef CXR_MASKED
-    return (v8)_mm256_maskz_loadu_ps(lane_mask(lanes), p);
+    const __m256i x = _mm256_maskz_loadu_epi8(byte_mask(bytes), p);
+    std::memcpy(&v, &x, sizeof v);
 #else
-    v = splat(0.f);
-    std::memcpy(&v, p, lanes * sizeof(float));
-    return v;
+    std::memset(&v, 0, sizeof v);
+    std::memcpy(&v, p, bytes);
 #endif
-}
-inline v8 load_lanes(const uint16_t* p, int lanes) {
-    v8h bits;
-    if (lanes == kLanes) {
-        std::memcpy(&bits, p, sizeof bits);
-    } else {
-#ifdef CXR_MASKED
-        bits = (v8h)_mm_maskz_loadu_epi16(lane_mask(lanes), p);
-#else
-        bits = v8h{};
-        std::memcpy(&bits, p, lanes * sizeof(uint16_t));
-#endif
-    }
-    const v8i wide = __builtin_convertvector(bits, v8i) << 16;
-    v8 v;
-    std::memcpy(&v, &wide, sizeof v);
     return v;
 }
-inline void store_lanes(float* p, v8 v, int lanes) {
-    if (lanes == kLanes) {
+template <typename V>
+inline void store_partial(void* p, const V& v, int bytes) {
+    if (bytes == static_cast<int>(sizeof v)) {
         std::memcpy(p, &v, sizeof v);
         return;
     }
 #ifdef CXR_MASKED
-    _mm256_mask_storeu_ps(p, lane_mask(lanes), (__m256)v);
+    __m256i x = _mm256_setzero_si256();
+    std::memcpy(&x, &v, sizeof v);
+    _mm256_mask_storeu_epi8(p, byte_mask(bytes), x);
 #else
-    std::memcpy(p, &v, lanes * sizeof(float));
+    std::memcpy(p, &v, bytes);
 #endif
 }
+
+inline v8 load_lanes(const float* p, int lanes) { return load_partial<v8>(p, lanes * sizeof(float)); }
+inline v8 load_lanes(const uint16_t* p, int lanes) {
+    const v8i wide = __builtin_convertvector(load_partial<v8h>(p, lanes * sizeof(uint16_t)), v8i) << 16;
+    v8 v;
+    std::memcpy(&v, &wide, sizeof v);
+    return v;
+}
+inline void store_lanes(float* p, v8 v, int lanes) { store_partial(p, v, lanes * sizeof(float)); }
 inline void store_lanes(uint16_t* p, v8 v, int lanes) {
     const v8 r = round_to_bf16(v);
     v8i u;
     std::memcpy(&u, &r, sizeof u);
     const v8h bits = __builtin_convertvector(u >> 16, v8h);  // the low 16 bits after the shift: the bf16
-    if (lanes == kLanes) {
-        std::memcpy(p, &bits, sizeof bits);
-        return;
-    }
-#ifdef CXR_MASKED
-    _mm_mask_storeu_epi16(p, lane_mask(lanes), (__m128i)bits);
-#else
-    std::memcpy(p, &bits, lanes * sizeof(uint16_t));
-#endif
+    store_partial(p, bits, lanes * sizeof(uint16_t));
 }
-inline v8i load_code(const uint8_t* p, int lanes) {
-    v8b b;
-    if (lanes == kLanes) {
-        std::memcpy(&b, p, sizeof b);
-    } else {
-#ifdef CXR_MASKED
-        uint64_t word;
-        const __m128i x = _mm_maskz_loadu_epi8(lane_mask(lanes), p);
-        word = static_cast<uint64_t>(_mm_cvtsi128_si64(x));
-        std::memcpy(&b, &word, sizeof b);
-#else
-        b = v8b{};
-        std::memcpy(&b, p, lanes);
-#endif
-    }
-    return __builtin_convertvector(b, v8i);
-}
-inline void store_code(uint8_t* p, v8i code, int lanes) {
-    const v8b b = __builtin_convertvector(code, v8b);
-    if (lanes == kLanes) {
-        std::memcpy(p, &b, sizeof b);
-        return;
-    }
-#ifdef CXR_MASKED
-    uint64_t word;
-    std::memcpy(&word, &b, sizeof word);
-    _mm_mask_storeu_epi8(p, lane_mask(lanes), _mm_cvtsi64_si128(static_cast<int64_t>(word)));
-#else
-    std::memcpy(p, &b, lanes);
-#endif
-}
+inline v8i load_code(const uint8_t* p, int lanes) { return __builtin_convertvector(load_partial<v8b>(p, lanes), v8i); }
+inline void store_code(uint8_t* p, v8i code, int lanes) { store_partial(p, __builtin_convertvector(code, v8b), lanes); }
 inline v8 select(v8i mask, v8 a, v8 b) { return mask ? a : b; }
 
 // calls f(j0, lanes) for each chunk of eight channels; with C known at compile time the chunks are unrolled

@@ -277,25 +277,35 @@ def conv1_bn_pool(x: torch.Tensor, conv: torch.nn.Conv2d, bn: torch.nn.Module) -
         return _Conv1Pool.apply(x, folded, shift.float(), bf16, True)
 
 
+def _pool_affine(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                 relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """max_pool2d(z * scale + shift, 2), then ReLU if `relu`, in one pass (no gradient): the pooled map and
+    its argmax code (4: cut by the ReLU). Training's batch statistics and evaluation's running ones both
+    end here."""
+    n, c, h, w = z.shape
+    y = torch.empty((n, c, h // 2, w // 2), dtype=z.dtype, memory_format=torch.channels_last)
+    code = torch.empty(y.numel(), dtype=torch.uint8)
+    scale, shift = scale.detach().float().contiguous(), shift.detach().float().contiguous()
+    _library().cxr_bn_pool_forward(z.data_ptr(), scale.data_ptr(), shift.data_ptr(), y.data_ptr(), code.data_ptr(),
+                                   _ELEMENT_BYTES[z.dtype], n, h, w, c, int(relu), torch.get_num_threads())
+    return y, code
+
+
 class _BatchNormPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, relu: bool,
                 batch: dict):
-        lib = _library()
         n, c, h, w = z.shape
-        size, threads = _ELEMENT_BYTES[z.dtype], torch.get_num_threads()
         sums = torch.empty(2, c, dtype=torch.float64)
-        lib.cxr_bn_stats(z.data_ptr(), size, n * h, w, c, sums[0].data_ptr(), sums[1].data_ptr(), threads)
+        _library().cxr_bn_stats(z.data_ptr(), _ELEMENT_BYTES[z.dtype], n * h, w, c, sums[0].data_ptr(),
+                                sums[1].data_ptr(), torch.get_num_threads())
         count = n * h * w
         mean = sums[0] / count
         var = (sums[1] / count - mean * mean).clamp_min(0)
         invstd = torch.rsqrt(var + eps)
         scale = (weight.detach().double() * invstd).float()
         shift = (bias.detach().double() - mean * weight.detach().double() * invstd).float()
-        y = torch.empty((n, c, h // 2, w // 2), dtype=z.dtype, memory_format=torch.channels_last)
-        code = torch.empty(y.numel(), dtype=torch.uint8)
-        lib.cxr_bn_pool_forward(z.data_ptr(), scale.data_ptr(), shift.data_ptr(), y.data_ptr(), code.data_ptr(),
-                                size, n, h, w, c, int(relu), threads)
+        y, code = _pool_affine(z, scale, shift, relu)
         mean, invstd = mean.float(), invstd.float()
         ctx.save_for_backward(z, code, mean, invstd, scale)
         batch.update(mean=mean, var=var.float(), count=count)  # for the running statistics
@@ -316,17 +326,6 @@ class _BatchNormPool(torch.autograd.Function):
         return dz, d_weight, sums[0].float(), None, None, None
 
 
-def _pool_affine(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, relu: bool) -> torch.Tensor:
-    """max_pool2d(z * scale + shift, 2), then ReLU, in one pass, without gradient (running statistics)."""
-    n, c, h, w = z.shape
-    y = torch.empty((n, c, h // 2, w // 2), dtype=z.dtype, memory_format=torch.channels_last)
-    code = torch.empty(y.numel(), dtype=torch.uint8)
-    scale, shift = scale.detach().float().contiguous(), shift.detach().float().contiguous()
-    _library().cxr_bn_pool_forward(z.data_ptr(), scale.data_ptr(), shift.data_ptr(), y.data_ptr(), code.data_ptr(),
-                                   _ELEMENT_BYTES[z.dtype], n, h, w, c, int(relu), torch.get_num_threads())
-    return y
-
-
 def bn_pool(z: torch.Tensor, bn: torch.nn.Module, relu: bool = True) -> torch.Tensor | None:
     """max_pool2d(bn(z), 2), then ReLU if `relu`, for a channels_last CPU map of even size in fp32 or bf16,
     with batch statistics in training (and the running ones updated, as ATen does) and the running ones in
@@ -340,7 +339,7 @@ def bn_pool(z: torch.Tensor, bn: torch.nn.Module, relu: bool = True) -> torch.Te
         if torch.is_grad_enabled() and (z.requires_grad or bn.weight.requires_grad):
             return None  # a gradient through the running statistics: ATen's layers give it
         with torch.no_grad():
-            return _pool_affine(z, *_eval_affine(bn), relu)
+            return _pool_affine(z, *_eval_affine(bn), relu)[0]
     batch: dict = {}
     with torch.autocast("cpu", enabled=False):
         y = _BatchNormPool.apply(z, bn.weight, bn.bias, bn.eps, relu, batch)

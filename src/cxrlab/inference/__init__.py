@@ -253,9 +253,9 @@ class RunModel:
 
     # -- backends -----------------------------------------------------------------------------------
     def _onnx_session(self, backend: str):
-        """The model in ONNX Runtime: on CPU it scores one seed-cnn image in 0.8 ms against 4.6 ms for
-        eager PyTorch (128 px; 3.3 against 5.7 ms at 256 px; BENCHMARKS.md), with the same scores
-        (tests). Gradients (heatmaps) stay in PyTorch."""
+        """The model in ONNX Runtime, with the same scores (tests): faster than eager PyTorch on CPU for models
+        cxrlab has no kernels for; seed-cnn and seed-cnn-bn in cxrlab's kernels are faster still, so `auto`
+        keeps them in PyTorch (BENCHMARKS.md, session 12). Gradients (heatmaps) stay in PyTorch."""
         try:
             import onnxruntime as ort
 
