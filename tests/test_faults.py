@@ -40,7 +40,7 @@ def one_line_error(code: int, out: str, pattern: str) -> str:
 
 
 TRAIN = ["--model", "seed-cnn", "--no-augment", "--image-size", "64", "--lr", "1e-3", "--lr-patience", "0",
-         "--early-stopping", "0"]
+         "--early-stopping", "0", "--min-epoch-images", "0"]
 
 
 @pytest.fixture(scope="module")

@@ -310,6 +310,28 @@ def test_training_budget_caps_epochs(demo_dir, tmp_path):
     assert len(run.history) == 3
 
 
+def test_passes_per_epoch_fill_an_epoch_of_a_small_training_set():
+    from cxrlab.training.trainer import passes_per_epoch
+
+    cfg = TrainConfig()  # the default: an epoch is at least 400 images
+    assert [passes_per_epoch(cfg, n) for n in (222, 399, 400, 440, 2900)] == [2, 2, 1, 1, 1]
+    assert passes_per_epoch(TrainConfig.recipe("lesson"), 50) == 1  # the lesson's epoch is one pass
+
+
+def test_small_training_set_is_passed_over_several_times_per_epoch(demo_dir, tmp_path):
+    said = []
+    probe = train(config(demo_dir, tmp_path, epochs=1), tmp_path / "probe")
+    n_train = probe.info["counts"]["train"]["images"]
+    run = train(config(demo_dir, tmp_path, epochs=3, min_epoch_images=n_train + 1, ema_decay=0.9,
+                       max_train_images=4 * n_train), tmp_path / "run", on_note=said.append)
+    ckpt = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
+    assert run.info["passes_per_epoch"] == 2 and probe.info["passes_per_epoch"] == 1
+    # the budget counts images seen: 4 passes' worth is 2 epochs of 2 passes each
+    assert len(run.history) == 2 and run.info["epochs_planned"] == 2
+    assert int(ckpt["ema"]["n_averaged"]) == 2 * -(-2 * n_train // 16)  # optimizer steps: both passes, every epoch
+    assert any(m.startswith(f"an epoch passes 2 times over the {n_train} training images") for m in said)
+
+
 def test_seed_cnn_bn_trains_contiguous_on_cpu_and_others_channels_last():
     from cxrlab.models import ModelSpec, create_model
     from cxrlab.training.device import training_memory_format

@@ -177,6 +177,9 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="At most this many epochs (default 40)."),
     max_train_images: Optional[int] = typer.Option(
         None, help="Training budget: epochs are capped at this many images seen (default 30000; 0: no cap)."),
+    min_epoch_images: Optional[int] = typer.Option(
+        None, help="An epoch is at least this many images: smaller training sets are passed over several times "
+                   "(default 400; 0: one pass)."),
     batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None, help="Adam's learning rate (default 3e-4; the lesson's is 1e-3)."),
     weight_decay: Optional[float] = typer.Option(None),
@@ -247,7 +250,7 @@ def train(
 
 
 _TRAIN_FLAGS = {"positive", "findings", "images", "split_file", "model", "pretrained", "weights", "allow_partial_weights", "init_from",
-                "trainable_blocks", "epochs", "max_train_images", "batch_size", "lr", "weight_decay", "grad_clip", "ema_decay",
+                "trainable_blocks", "epochs", "max_train_images", "min_epoch_images", "batch_size", "lr", "weight_decay", "grad_clip", "ema_decay",
                 "dropout", "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "seed", "shuffle_labels",
                 "deterministic", "device", "precision", "workers", "decode_workers", "devices", "finetune_epochs", "finetune_blocks",
                 "finetune_lr_factor", "cache_features", "image_size", "normalization", "augment", "tta",

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from ..accel import accelerate
 from ..checkpoint import atomic_torch_save, load_checkpoint, load_state_dict, save_state_dict, save_weights
@@ -105,11 +105,18 @@ class State:
     history: list[dict] = field(default_factory=list)
 
 
+def passes_per_epoch(cfg: TrainConfig, n_train: int) -> int:
+    """Passes over the training set that make one epoch: enough for cfg.min_epoch_images images."""
+    if not cfg.min_epoch_images or n_train < 1:
+        return 1
+    return max(1, math.ceil(cfg.min_epoch_images / n_train))
+
+
 def first_phase_epochs(cfg: TrainConfig, n_train: int) -> int:
     """cfg.epochs, capped by the training budget cfg.max_train_images (at least one epoch)."""
     if not cfg.max_train_images or n_train < 1:
         return cfg.epochs
-    return max(1, min(cfg.epochs, cfg.max_train_images // n_train))
+    return max(1, min(cfg.epochs, cfg.max_train_images // (n_train * passes_per_epoch(cfg, n_train))))
 
 
 def phases_of(cfg: TrainConfig, n_train: int = 0) -> list[Phase]:
@@ -221,6 +228,7 @@ class _Loop:
         self.model.to(self.device, memory_format=self.memory_format)
         train = data.frame[data.frame["split"] == "train"]
         self.n_train = len(train)
+        self.passes = passes_per_epoch(cfg, self.n_train)
         self.findings = list(data.task.findings) if data.multilabel else None
         self.history_columns = HISTORY_COLUMNS + [f"val_auc:{f}" for f in self.findings or []]
         if self.findings:  # per finding, over its labelled training images
@@ -295,6 +303,8 @@ class _Loop:
         """Batches of (input, label, forward) for this epoch, in an order fixed by seed and epoch."""
         cfg, world = self.cfg, self.ctx.world
         dataset = self.cached if self.cached is not None else self.data.dataset("train")
+        if self.passes > 1:  # a small training set: one epoch passes over it several times, reshuffled whole
+            dataset = ConcatDataset([dataset] * self.passes)
         batch = max(1, cfg.batch_size // world)  # the global batch stays cfg.batch_size
         if self.ctx.active:
             sampler = DistributedSampler(dataset, world, self.ctx.rank, shuffle=True, seed=cfg.seed)
@@ -435,6 +445,9 @@ class _Loop:
         if self.on_note and phases[0].epochs < self.cfg.epochs and st.epoch == 0:  # said before training, not after
             self.on_note(f"{phases[0].epochs} epoch{'s' * (phases[0].epochs != 1)}, not {self.cfg.epochs}: the training budget --max-train-images "
                          f"{self.cfg.max_train_images} caps them ({self.n_train} training images; 0 turns it off)")
+        if self.on_note and self.passes > 1 and st.epoch == 0:
+            self.on_note(f"an epoch passes {self.passes} times over the {self.n_train} training images (at least "
+                         f"--min-epoch-images {self.cfg.min_epoch_images} images; 0 makes an epoch one pass)")
         while st.phase < len(phases):
             phase = phases[st.phase]
             self._start_phase(phase, resume_ckpt)
@@ -542,7 +555,8 @@ def _train_process(cfg: TrainConfig, out: str, resume: bool, on_epoch, progress,
         "excluded_by_task": data.excluded, "skipped": data.skipped, "notes": data.notes,
         "pos_weight": loop.pos_weight, "best_epoch": loop.state.best_epoch, "monitor": cfg.monitor,
         "best_score": loop.state.best, "epochs_run": len(hist),
-        "epochs_planned": first_phase_epochs(cfg, loop.n_train), "stopped_early": loop.stopped_early,
+        "epochs_planned": first_phase_epochs(cfg, loop.n_train), "passes_per_epoch": loop.passes,
+        "stopped_early": loop.stopped_early,
         "device": str(loop.device), "precision": cfg.precision, "processes": ctx.world,
         "features_cached": bool(loop.cached_phases), "features_cached_phases": loop.cached_phases,
         "feature_extraction_seconds": loop.extraction_seconds,
