@@ -332,6 +332,23 @@ def test_small_training_set_is_passed_over_several_times_per_epoch(demo_dir, tmp
     assert any(m.startswith(f"an epoch passes 2 times over the {n_train} training images") for m in said)
 
 
+def test_resume_passing_twice_per_epoch_and_resume_of_a_run_from_before_filled_epochs(demo_dir, tmp_path):
+    n_train = train(config(demo_dir, tmp_path, epochs=1), tmp_path / "probe").info["counts"]["train"]["images"]
+    cfg = config(demo_dir, tmp_path, epochs=3, min_epoch_images=n_train + 1)
+    train(cfg, tmp_path / "full")
+    train_interrupted(cfg, tmp_path / "cut", epoch=1)
+    run = train(cfg, tmp_path / "cut", resume=True)
+    assert run.info["passes_per_epoch"] == 2 and len(run.history) == 3
+    full, resumed = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "cut")
+    assert all(torch.allclose(full[k].float(), resumed[k].float(), atol=1e-5) for k in full)
+    # a config.yaml written before min_epoch_images existed resumes as it began: one pass per epoch
+    train_interrupted(config(demo_dir, tmp_path, epochs=2), tmp_path / "old", epoch=1)
+    saved = tmp_path / "old" / "config.yaml"
+    saved.write_text("".join(line for line in saved.read_text().splitlines(True) if "min_epoch_images" not in line))
+    assert TrainConfig().min_epoch_images > n_train  # the default would fill its epochs
+    assert train(None, tmp_path / "old", resume=True).info["passes_per_epoch"] == 1
+
+
 def test_seed_cnn_bn_trains_contiguous_on_cpu_and_others_channels_last():
     from cxrlab.models import ModelSpec, create_model
     from cxrlab.training.device import training_memory_format

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
@@ -484,6 +485,8 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, resume: bo
         ckpt = load_checkpoint(run.last_checkpoint)  # validate before anything else is touched
         check_best_weights(run, ckpt)
         cfg = load_yaml(TrainConfig, run.config)
+        if "min_epoch_images" not in (yaml.safe_load(run.config.read_text()) or {}):
+            cfg.min_epoch_images = 0  # a run from before epochs were filled continues with one pass per epoch
     else:
         cfg = absolute_paths(cfg)
     if cfg.devices > 1 and not distributed.launched_by_torchrun():
