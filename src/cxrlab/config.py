@@ -161,9 +161,9 @@ class TrainConfig:
     max_train_images: int = 30_000
     # an epoch is at least this many images: a smaller training set is passed over ceil(400 / n) times
     # per epoch, so that epochs, early-stopping and lr patience mean as much learning as on NIH's
-    # 445-629 training images, which they were measured on (those stay one pass). Without it runs on the
-    # demo's 222 images stopped on validation noise after 19-28 epochs: test AUC 0.799 over 9 runs, the
-    # lesson's recipe 0.901; with it 0.948 (BENCHMARKS.md, session 13). 0: an epoch is one pass
+    # 445-629 training images, which they were measured on (those stay one pass). Without it 4 of 9 runs
+    # on the demo's 222 images stopped early (19-35 epochs), three near chance: test AUC 0.799 over the 9,
+    # the lesson's recipe 0.900; with it 0.948 (BENCHMARKS.md, session 13). 0: an epoch is one pass
     min_epoch_images: int = 400
     batch_size: int = 16
     # 3e-4, not the lesson's 1e-3: on NIH pneumonia (9 runs) and fresh splits it raised test AUC with
