@@ -49,6 +49,32 @@ def test_each_view_is_applied_alike_to_every_image_of_a_batch():
     assert torch.equal(mean_over_views(torch.arange(15.0), 4), torch.tensor([6.0, 7.0, 8.0]))
 
 
+def _torchvision_views(batch, views):
+    """The views as torchvision computes them, one call per transform: what with_views must equal."""
+    from torchvision.transforms.v2 import functional as F
+
+    h, w = batch.shape[-2:]
+    out = [batch]
+    for v in views:
+        x = F.affine(batch, angle=v.angle, translate=[round(v.translate[0] * w), round(v.translate[1] * h)],
+                     scale=v.scale, shear=[v.shear, 0.0])
+        x = F.adjust_contrast(F.adjust_brightness(x, v.brightness), v.contrast)
+        out.append(F.horizontal_flip(x) if v.flip else x)
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 64, 64), (1, 1, 256, 256), (3, 1, 37, 53), (2, 1, 48, 20)])
+def test_views_are_torchvisions_bit_for_bit(shape):
+    torch.manual_seed(sum(shape))
+    batch = torch.randint(0, 256, shape, dtype=torch.uint8)
+    batch[0, :, : shape[2] // 3] = 255  # saturated and dark areas, where clamping and truncation matter
+    batch[-1, :, -(shape[2] // 4):] = 0
+    strong = AugmentConfig(rotation=30, shift=0.2, zoom=0.3, shear=15, brightness=0.5, contrast=0.5, hflip=True)
+    for views in (tta_views(AugmentConfig(), 8), tta_views(strong, 6, seed=3)):
+        assert torch.equal(with_views(batch, views), _torchvision_views(batch, views))
+    assert any(v.flip for v in tta_views(strong, 6, seed=3))
+
+
 def test_no_ranges_means_views_equal_to_the_image():
     still = AugmentConfig(rotation=0, shift=0, zoom=0, shear=0, brightness=0, contrast=0)
     batch = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
