@@ -99,6 +99,45 @@ def test_truncated_image_is_a_json_error_without_trace(client, run_dir):
     assert r.status_code == 400 and "Traceback" not in r.text and set(r.json()) == {"error"}
 
 
+def test_a_bad_upload_in_a_batch_fails_alone(run_dir):
+    """The batcher's call decodes each upload: one that cannot be decoded gets its own error, and the
+    others of its batch their own scores, the same as scored alone."""
+    from cxrlab.errors import CxrlabError
+    from cxrlab.serving import Predictor
+    from cxrlab.serving.app import score_uploads
+
+    predictor = Predictor(run_dir)
+    good = a_test_image(run_dir)
+    out = score_uploads(predictor, [(good, "a.png", None), (good[:300], "t.png", None), (good, "b.png", "gradcam")])
+    assert isinstance(out[1], CxrlabError) and "t.png" in str(out[1])
+    alone = predictor.predict_bytes(good, "a.png", "gradcam")
+    assert out[0][0] == pytest.approx(alone.probability, abs=1e-6) and out[0][1] is None
+    assert out[2][0] == pytest.approx(alone.probability, abs=1e-6) and out[2][1].shape == alone.heatmap.shape
+
+
+def test_concurrent_requests_with_a_bad_one_each_get_their_answer(run_dir):
+    import asyncio
+
+    import httpx
+
+    from cxrlab.serving.app import create_app
+
+    good = a_test_image(run_dir)
+    app = create_app(run_dir)
+
+    async def main():
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            posts = [client.post("/api/predict", files={"file": (f"{i}.png", good[:300] if i == 2 else good)})
+                     for i in range(6)]
+            return await asyncio.gather(*posts)
+
+    replies = asyncio.run(main())
+    assert [r.status_code for r in replies] == [200, 200, 400, 200, 200, 200]
+    assert len({r.json()["probability"] for i, r in enumerate(replies) if i != 2}) == 1
+    assert set(replies[2].json()) == {"error"}
+
+
 def test_unknown_method_400(client, run_dir):
     r = client.post("/api/predict?heatmap=true&method=magic", files={"file": ("x.png", a_test_image(run_dir))})
     assert r.status_code == 400 and "unknown method" in r.json()["error"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import logging
 import random
@@ -129,6 +130,23 @@ class QuizDraws:
         return item
 
 
+def score_uploads(predictor: Predictor, items: list) -> list:
+    """(bytes, name, heatmap target) per request -> (probability, map), or that request's own error: what
+    the server's batcher calls. Decoding happens here, on the model's thread, before the forward pass:
+    decoded in the request threads it ran beside the forward pass and slowed it (a batch's scoring 53 ->
+    31 ms, p50 at concurrency 8 107-125 -> 94-103 ms; BENCHMARKS.md, session 13)."""
+    pixels, out = [], [None] * len(items)
+    for i, (data, name, target) in enumerate(items):
+        try:
+            pixels.append((i, predictor.decode(data, name), target))
+        except Exception as exc:  # a bad upload fails alone, with its own error, not its batch
+            out[i] = exc
+    if pixels:
+        for (i, _, _), result in zip(pixels, predictor.score_batch([(px, t) for _, px, t in pixels])):
+            out[i] = result
+    return out
+
+
 def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | None = None, docs: bool = False,
                upload_timeout: float = UPLOAD_TIMEOUT_S, site: str | None = None, backend: str = "auto") -> FastAPI:
     """docs: serve /docs and /redoc, whose scripts FastAPI loads from a public CDN (blank offline);
@@ -143,7 +161,8 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
     positives = int(quiz["y"].sum()) if len(quiz) else 0
     majority = {"label": predictor.positive if 2 * positives > len(quiz) else predictor.negative,
                 "rate": max(positives, len(quiz) - positives) / len(quiz) if len(quiz) else None}
-    batcher = MicroBatcher(predictor.score_batch)
+
+    batcher = MicroBatcher(functools.partial(score_uploads, predictor))
     app = FastAPI(title="cxrlab", description=f"{predictor.positive} vs {predictor.negative} "
                   f"({predictor.spec.name}). Not a medical device.", version="1",
                   docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None)
@@ -212,10 +231,12 @@ def create_app(run_dir: str | Path, max_upload_mb: float = 20.0, seed: int | Non
                                 f"{', '.join(predictor.findings or [predictor.positive])}")
         check_dimensions(data, kind)
         name = "upload.dcm" if kind == "dicom" else f"upload.{kind}"
-        # decoding and scoring leave the event loop free; concurrent requests share one forward pass
-        pixels = await run_in_threadpool(predictor.decode, data, name)
+        # decoding and scoring leave the event loop free (the batcher's thread); concurrent requests share one forward pass
         target = ((method, finding) if finding else method) if heatmap else None
-        probability, cam = await batcher.submit((pixels, target))
+        scored = await batcher.submit((data, name, target))
+        if isinstance(scored, Exception):
+            raise scored
+        probability, cam = scored
         result = predictor.result(name, probability, cam)
         body = {"probability": result.probability, "label": result.label, "positive": result.positive,
                 "threshold": result.threshold, "policy": result.policy, "model": predictor.spec.name}
