@@ -95,8 +95,14 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def load_yaml(cls, path: str | Path):
-    """Read a config; unknown keys are an error so a typo never silently falls back to a default."""
+# keys added to TrainConfig after runs were written without them, with the value those runs trained with:
+# a run's own config.yaml (resume, RunDir.read_config) keeps it; a new run from --config gets today's default
+RUN_KEYS_ADDED = {"min_epoch_images": 0}
+
+
+def load_yaml(cls, path: str | Path, absent: dict | None = None):
+    """Read a config; unknown keys are an error so a typo never silently falls back to a default. `absent`:
+    values for keys the file lacks (RUN_KEYS_ADDED for a run's own config.yaml)."""
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
@@ -116,7 +122,7 @@ def load_yaml(cls, path: str | Path):
     if unknown:
         raise ConfigError(f"{path}: unknown config keys {sorted(unknown)}; valid keys: {sorted(names)}")
     try:
-        return cls(**data)
+        return cls(**{**(absent or {}), **data})
     except TypeError as exc:  # a nested section of the wrong shape, e.g. `data: [1, 2]`
         raise ConfigError(f"{path}: {exc}") from None
 

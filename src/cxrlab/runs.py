@@ -139,12 +139,13 @@ class RunDir:
 
     # -- typed readers and writers --------------------------------------------------------------------
     def read_config(self):
-        """The run's TrainConfig (config.yaml)."""
-        from .config import TrainConfig, load_yaml
+        """The run's TrainConfig (config.yaml), as it trained: keys added since it was written take the
+        value it trained with (RUN_KEYS_ADDED)."""
+        from .config import RUN_KEYS_ADDED, TrainConfig, load_yaml
 
         if not self.config.exists():
             raise CxrlabError(f"{self.path}: missing {self.config.name}; is this a cxrlab run directory?")
-        return load_yaml(TrainConfig, self.config)
+        return load_yaml(TrainConfig, self.config, absent=RUN_KEYS_ADDED)
 
     def read_split(self):
         """split.csv as a DataFrame (path, patient, y, split); empty when the run has none."""

@@ -171,8 +171,8 @@ def with_views(batch: torch.Tensor, views: list[View]) -> torch.Tensor:
     torchvision's affine, brightness and contrast (and flip), bit for bit (tests).
 
     The geometry of every view is one gather through fixed maps (`_view_maps`) instead of torchvision's
-    affine per view: a sampling grid per call made that 2.5x the forward pass's share under a server's
-    load (BENCHMARKS.md, session 13). Brightness is one multiply for all views; contrast stays torchvision's,
+    affine per view, whose many small operations per call took 39% of a server's batch under load against
+    20% alone (BENCHMARKS.md, session 13). Brightness is one multiply for all views; contrast stays torchvision's,
     per view, because its blend depends on each image's mean."""
     if not views:
         return batch

@@ -19,14 +19,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from ..accel import accelerate
 from ..checkpoint import atomic_torch_save, load_checkpoint, load_state_dict, save_state_dict, save_weights
-from ..config import TrainConfig, load_yaml, save_yaml
+from ..config import TrainConfig, save_yaml
 from ..data import LoadedData, load_data, save_split
 from ..data.augment import build_augment
 from ..data.dataset import make_collate
@@ -110,7 +109,7 @@ def passes_per_epoch(cfg: TrainConfig, n_train: int) -> int:
     """Passes over the training set that make one epoch: enough for cfg.min_epoch_images images."""
     if not cfg.min_epoch_images or n_train < 1:
         return 1
-    return max(1, math.ceil(cfg.min_epoch_images / n_train))
+    return math.ceil(cfg.min_epoch_images / n_train)
 
 
 def first_phase_epochs(cfg: TrainConfig, n_train: int) -> int:
@@ -484,9 +483,7 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, resume: bo
         run.prepare(resume=True)
         ckpt = load_checkpoint(run.last_checkpoint)  # validate before anything else is touched
         check_best_weights(run, ckpt)
-        cfg = load_yaml(TrainConfig, run.config)
-        if "min_epoch_images" not in (yaml.safe_load(run.config.read_text()) or {}):
-            cfg.min_epoch_images = 0  # a run from before epochs were filled continues with one pass per epoch
+        cfg = run.read_config()  # as it began: keys added since take the value it trained with
     else:
         cfg = absolute_paths(cfg)
     if cfg.devices > 1 and not distributed.launched_by_torchrun():
