@@ -13,7 +13,8 @@ The reference is benchmarks/reference/seed_keras.py in its own virtual environme
   5. data: cold and warm load of the NIH subset (the reference reads with PIL every run)
   6. memory: peak RSS of the workflow on the NIH subset, and of one training epoch on a synthetic
      50,000-image set at 256 px (HDF5 source, image cache on disk)
-  7. recipes (issue 21): `cxrlab train` then `cxrlab evaluate` as a user runs them (warm image cache),
+  7. recipes (issue 21): `cxrlab train --evaluate` (training, then the test split's evaluation with its
+     CIs, CSVs and figures, in one process) as a user runs it (warm image cache),
      the default recipe against the lesson's, back to back per repetition, on NIH effusion and NIH
      pneumonia (Kermany too with --recipe-tasks); with seed-cnn-bn's training rate beside seed-cnn's in
      row 1b and the default run's test-time-view scoring rate (1 + 8 views per image) in row 8
@@ -139,14 +140,13 @@ def workflow(source: str, positive: str, negative: list[str] | None, workdir: Pa
 
 def cli_recipe(source: str, positive: str, negative: list[str] | None, out: Path, recipe: str,
                extra: tuple[str, ...] = ()) -> dict:
-    """`cxrlab train --recipe R` then `cxrlab evaluate` (test split, the run's views), each its own process
-    as a user runs them: wall seconds of both, epochs run, test AUC."""
+    """`cxrlab train --recipe R --evaluate` (then the test split's evaluation with the run's views, as
+    `cxrlab evaluate RUN` makes it) as a user runs it: wall seconds of the process, epochs run, test AUC."""
     cxrlab = str(Path(sys.executable).with_name("cxrlab"))
     neg = [a for n in (negative or []) for a in ("--negative", n)]
     t0 = time.perf_counter()
     subprocess.run([cxrlab, "train", source, "--positive", positive, *neg, "--recipe", recipe, "--out", str(out),
-                    "--overwrite", *extra], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([cxrlab, "evaluate", str(out)], check=True, stdout=subprocess.DEVNULL)
+                    "--overwrite", "--evaluate", *extra], check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     info = json.loads((out / "run.json").read_text())
     metrics = json.loads((out / "eval" / "test" / "metrics.json").read_text())
@@ -477,7 +477,7 @@ def main() -> int:
                 for name, r in runs.items():
                     epochs_run = ", ".join(str(x["epochs"]) for x in r)
                     aucs = ", ".join(f"{x['test_auc']:.3f}" for x in r)
-                    print(f"| 7. {task}, {name} recipe: train + evaluate | {fmt(median(x['wall_s'] for x in r), 's')} "
+                    print(f"| 7. {task}, {name} recipe: train --evaluate | {fmt(median(x['wall_s'] for x in r), 's')} "
                           f"| | epochs {epochs_run}; test AUC {aucs} | |", flush=True)
                 each = ", ".join(f"{x:.2f}" for x in ratios)
                 print(f"| 7. {task}: default / lesson wall time | | | {median(ratios):.2f}x (per repetition: {each}) "
@@ -485,7 +485,7 @@ def main() -> int:
                 if keras:
                     lesson = [x["wall_s"] for x in runs["lesson"]]
                     each = ", ".join(f"{k / c:.2f}" for k, c in zip(keras, lesson))
-                    print(f"| 7. {task}: the lesson as a user runs it, cxrlab CLI (train + evaluate) against the "
+                    print(f"| 7. {task}: the lesson as a user runs it, cxrlab CLI (train --evaluate) against the "
                           f"Keras script (whole process) | {fmt(median(lesson), 's')} | {fmt(median(keras), 's')} | "
                           f"{median(keras) / median(lesson):.2f}x (per repetition: {each}) | >= 2x |", flush=True)
                 rate = view_scoring_rate(work / f"{task}-default-0")

@@ -120,6 +120,24 @@ def test_a_training_log_piped_to_a_file_has_one_line_per_epoch(tmp_path):
     assert len(epochs[0]) > 80 and "" not in lines
 
 
+def test_train_evaluate_scores_the_test_split_as_evaluate_does(tmp_path):
+    """`train --evaluate` is `train` then `evaluate RUN` in one process: the same metrics, files and table."""
+    from cxrlab.demo import make_demo_data
+
+    data = make_demo_data(tmp_path / "d", n_patients=80, size=64, difficulty="easy")
+    run = tmp_path / "r"
+    result = runner.invoke(app, ["train", str(data), "--recipe", "lesson", "--epochs", "2", "--image-size", "64",
+                                 "--out", str(run), "--cache-dir", str(tmp_path / "cache"), "--evaluate"])
+    assert result.exit_code == 0, result.output
+    assert "AUC" in result.output and "95% CI" in result.output and f"wrote {run}" in result.output
+    together = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert (run / "eval" / "test" / "roc.png").exists()
+    result = runner.invoke(app, ["evaluate", str(run)])
+    assert result.exit_code == 0, result.output
+    apart = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert together == apart and together["split"] == "test" and together["n"] > 0
+
+
 def test_thresholds_print_enough_digits_to_tell_them_from_1():
     import pandas as pd
 

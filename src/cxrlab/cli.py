@@ -215,6 +215,8 @@ def train(
     val_policy: Optional[str] = typer.Option(None), on_bad_image: Optional[str] = typer.Option(None),
     cache_dir: Optional[Path] = typer.Option(None),
     views: Optional[str] = typer.Option(None, help="Only these view positions, e.g. PA or PA,AP."),
+    evaluate: bool = typer.Option(False, "--evaluate", help="Then evaluate the test split as `cxrlab evaluate RUN` "
+                                  "does, in this process (one start-up instead of two)."),
 ):
     """Train a classifier into a run directory (config.yaml, split.csv, history.csv, weights, run.json)."""
     from .config import TrainConfig, load_yaml, with_overrides
@@ -247,6 +249,10 @@ def train(
                         on_batch=epochs.on_batch if epochs else None, on_note=_print_note)
     console.print(f"best epoch {run.best_epoch} ({run.config.monitor}); "
                   f"{'stopped early; ' if run.stopped_early else ''}run directory: {run.dir.path}")
+    if evaluate:
+        from .evaluation.evaluate import evaluate_run
+
+        _print_evaluation(evaluate_run(run.dir.path))
 
 
 _TRAIN_FLAGS = {"positive", "findings", "images", "split_file", "model", "pretrained", "weights", "allow_partial_weights", "init_from",
@@ -296,6 +302,10 @@ def evaluate(
                           "(or --negative with --finding)")
     m = evaluate_run(run, data, split, threshold, tta, calibrate, resamples, data_positive=positive,
                      data_negative=negative or None, site=site, finding=finding)
+    _print_evaluation(m)
+
+
+def _print_evaluation(m: dict) -> None:
     (_print_findings if m.get("task") == "multi-label" else _print_metrics)(m, Path(m["folder"]))
 
 
