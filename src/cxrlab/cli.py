@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -710,7 +711,8 @@ def demo(out: Path = typer.Option(Path("cxrlab-demo"), help="Folder for the synt
 
 def main() -> None:
     """Console entry point: user errors become one clear line and exit code 2, not a traceback.
-    cxrlab's own process (not a notebook importing it) keeps freed CPU buffers for reuse."""
+    cxrlab's own process (not a notebook importing it) keeps freed CPU buffers for reuse, and skips the
+    garbage collection that Python runs as it exits."""
     from .allocator import keep_freed_memory
 
     keep_freed_memory()
@@ -719,3 +721,8 @@ def main() -> None:
     except CxrlabError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)
+    finally:
+        # The process ends here. Python's last collection would walk every object that torch, its compiler
+        # and scikit-learn made, only to free memory the OS takes back anyway: 1.8-2.0 s of a lesson run's
+        # exit, 0.35-0.40 s with the objects frozen (BENCHMARKS.md, session 14). atexit handlers still run.
+        gc.freeze()
