@@ -133,7 +133,8 @@ def test_a_training_log_piped_to_a_file_has_one_line_per_epoch(tmp_path):
 
 
 def test_train_evaluate_scores_the_test_split_as_evaluate_does(tmp_path):
-    """`train --evaluate` is `train` then `evaluate RUN` in one process: the same metrics, files and table."""
+    """`train --evaluate` is `train` then `evaluate RUN` in one process: the same files, predictions and metrics,
+    and the metrics table printed."""
     from cxrlab.demo import make_demo_data
 
     data = make_demo_data(tmp_path / "d", n_patients=80, size=64, difficulty="easy")
@@ -142,12 +143,15 @@ def test_train_evaluate_scores_the_test_split_as_evaluate_does(tmp_path):
                                  "--out", str(run), "--cache-dir", str(tmp_path / "cache"), "--evaluate"])
     assert result.exit_code == 0, result.output
     assert "AUC" in result.output and "95% CI" in result.output and f"wrote {run}" in result.output
-    together = json.loads((run / "eval" / "test" / "metrics.json").read_text())
-    assert (run / "eval" / "test" / "roc.png").exists()
+    folder = run / "eval" / "test"
+    together = json.loads((folder / "metrics.json").read_text())
+    files, predictions = sorted(p.name for p in folder.iterdir()), (folder / "predictions.csv").read_text()
+    assert (folder / "roc.png").exists()
     result = runner.invoke(app, ["evaluate", str(run)])
     assert result.exit_code == 0, result.output
-    apart = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    apart = json.loads((folder / "metrics.json").read_text())
     assert together == apart and together["split"] == "test" and together["n"] > 0
+    assert sorted(p.name for p in folder.iterdir()) == files and (folder / "predictions.csv").read_text() == predictions
 
 
 def test_thresholds_print_enough_digits_to_tell_them_from_1():
