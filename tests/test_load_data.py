@@ -158,6 +158,22 @@ def test_batch_augmentation_is_torchvisions_bit_for_bit(ranges):
     assert one.shape == images[0].shape
 
 
+def test_the_inverse_affine_matrix_is_torchvisions():
+    """cxrlab computes RandomAffine's matrix itself (importing torchvision imports torch._dynamo): the same
+    floats as torchvision's helper, over the ranges the augmentation draws and beyond."""
+    from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix
+
+    from cxrlab.data.augment import _inverse_affine
+
+    rng = np.random.default_rng(3)
+    for angle, tx, ty, scale, shear in zip(rng.uniform(-90, 90, 200), rng.integers(-60, 60, 200),
+                                           rng.integers(-60, 60, 200), rng.uniform(0.5, 1.5, 200),
+                                           rng.uniform(-40, 40, 200)):
+        args = float(angle), float(tx), float(ty), float(scale), float(shear)
+        assert _inverse_affine(*args) == _get_inverse_affine_matrix([0.0, 0.0], args[0], [args[1], args[2]],
+                                                                    args[3], [args[4], 0.0])
+
+
 def test_batch_augmentation_draws_torchvisions_distributions():
     """The parameters' ranges and rounding are RandomAffine's and ColorJitter's (translations in whole
     pixels, factors around 1), and every image gets its own draw."""

@@ -393,3 +393,51 @@ def test_train_and_val_loss_are_on_one_scale(demo_dir, tmp_path):
     row = run.history.iloc[0]
     assert row["train_loss"] == pytest.approx(plain, abs=1e-4)
     assert row["train_loss_weighted"] == pytest.approx(weighted, abs=1e-4)
+
+
+def test_cxrlabs_adam_steps_exactly_as_torchs():
+    """cxrlab's Adam (torch.optim.Adam without the torch._dynamo import) gives the same parameters and state,
+    bit for bit, as torch.optim.Adam(fused=True), with weight decay and a rate changed by ReduceLROnPlateau;
+    their state dicts load into each other."""
+    from cxrlab.training.device import adam
+
+    torch.manual_seed(0)
+    ours_model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
+    torchs_model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
+    torchs_model.load_state_dict(ours_model.state_dict())
+    ours = adam(ours_model.parameters(), torch.device("cpu"), lr=0.01, weight_decay=1e-3)
+    torchs = torch.optim.Adam(torchs_model.parameters(), lr=0.01, weight_decay=1e-3, fused=True)
+    assert isinstance(ours, torch.optim.Adam) and type(ours) is not torch.optim.Adam
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(ours, patience=0, factor=0.5)
+    x, y = torch.randn(32, 6), torch.randn(32, 1)
+    for step in range(6):
+        for model, opt in ((ours_model, ours), (torchs_model, torchs)):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        plateau.step(1.0)  # never improves: the rate halves every step
+        torchs.param_groups[0]["lr"] = ours.param_groups[0]["lr"]
+        if step == 2:  # swap states midway, as a resumed run loads a checkpoint written by either
+            ours_state, torchs_state = ours.state_dict(), torchs.state_dict()
+            ours.load_state_dict(torchs_state)
+            torchs.load_state_dict(ours_state)
+    assert ours.param_groups[0]["lr"] < 0.01 * 0.5 ** 4
+    for a, b in zip(ours_model.parameters(), torchs_model.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(ours.state.values(), torchs.state.values()):
+        assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    assert all(p.grad is None for p in ours_model.parameters()) is False  # step() kept the gradients
+    ours.zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in ours_model.parameters())
+
+
+@pytest.mark.parametrize("recipe", ["lesson", "default"])
+def test_training_never_imports_torch_dynamo(demo_dir, tmp_path, recipe):
+    """torch._dynamo (with torchvision, which imports it) costs 1.1-1.3 s of a training process on this CPU and
+    cxrlab never compiles: neither recipe, augmentation included, may import it."""
+    code = (f"import sys; from cxrlab.config import TrainConfig; from cxrlab.training import train; "
+            f"cfg = TrainConfig.recipe({recipe!r}, source={str(demo_dir)!r}, positive='effusion', image_size=64, "
+            f"epochs=1, cache_dir={str(tmp_path / 'cache')!r}); assert cfg.data.augment.enabled == {recipe == 'default'}; "
+            f"train(cfg, {str(tmp_path / 'run')!r}); "
+            f"loaded = [m for m in ('torch._dynamo', 'torchvision') if m in sys.modules]; assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,6 +7,7 @@ transforms, each applied alike to every image."""
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -15,8 +16,9 @@ import torch
 
 from ..config import AugmentConfig
 
-# torchvision is imported where a transform is made, not with this module: its __init__ imports its models and
-# ops, and with them torch._dynamo (2.5 s of a lesson-recipe `cxrlab train`, which never augments; BENCHMARKS.md)
+# torchvision is not imported here: its __init__ imports its models and ops, and with them torch._dynamo (1.1 s of
+# every augmented `cxrlab train` on this CPU; BENCHMARKS.md, sessions 4 and 15). The one helper it gave this module,
+# the inverse affine matrix, is `_inverse_affine` below; tests check it and the batches against torchvision's.
 
 
 class BatchAugment:
@@ -69,12 +71,9 @@ class BatchAugment:
 def _affine(x: torch.Tensor, p: dict) -> torch.Tensor:
     """torchvision's affine_image (nearest, fill 0) with each image's own matrix, as one grid_sample; the
     result as floats holding whole values 0-255 (what torchvision rounds and casts to uint8)."""
-    from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix
-
     n, _, h, w = x.shape
-    theta = torch.tensor([_get_inverse_affine_matrix([0.0, 0.0], float(p["angle"][i]),
-                                                     [float(p["tx"][i]), float(p["ty"][i])], float(p["scale"][i]),
-                                                     [float(p["shear"][i]), 0.0]) for i in range(n)],
+    theta = torch.tensor([_inverse_affine(float(p["angle"][i]), float(p["tx"][i]), float(p["ty"][i]),
+                                          float(p["scale"][i]), float(p["shear"][i])) for i in range(n)],
                          dtype=torch.float32)
     # torchvision's _affine_grid for all images at once: its base grid of pixel centres (made once, as it makes
     # it), times each image's matrix rescaled to grid_sample's [-1, 1]
@@ -86,6 +85,23 @@ def _affine(x: torch.Tensor, p: dict) -> torch.Tensor:
     grid = base.view(1, h * w, 3).expand(n, -1, -1).bmm(rescaled).view(n, h, w, 2)
     out = torch.nn.functional.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out.round_()  # fill 0 is grid_sample's zero padding
+
+
+def _inverse_affine(angle: float, tx: float, ty: float, scale: float, shear_x: float) -> list[float]:
+    """torchvision's _get_inverse_affine_matrix(center=[0, 0], angle, [tx, ty], scale, [shear_x, 0]), the same
+    float operations in the same order: the 2 x 3 matrix taking output pixels (from the centre) to input ones,
+    M^-1 = C RSS^-1 C^-1 T^-1 with RSS = rotation(angle) scale shear_x (degrees; y-shear 0, as RandomAffine
+    draws it here)."""
+    rot, sx, sy = math.radians(angle), math.radians(shear_x), math.radians(0.0)
+    cos_sy, tan_sx, rot_minus_sy = math.cos(sy), math.tan(sx), rot - sy
+    a = math.cos(rot_minus_sy) / cos_sy
+    b = -(a * tan_sx + math.sin(rot))
+    c = math.sin(rot_minus_sy) / cos_sy
+    d = math.cos(rot) - c * tan_sx
+    matrix = [d / scale, -b / scale, 0.0, -c / scale, a / scale, 0.0]
+    matrix[2] += 0.0 - matrix[0] * (0.0 + tx) - matrix[1] * (0.0 + ty)
+    matrix[5] += 0.0 - matrix[3] * (0.0 + tx) - matrix[4] * (0.0 + ty)
+    return matrix
 
 
 def _color(x: torch.Tensor, p: dict) -> torch.Tensor:
@@ -142,28 +158,35 @@ def tta_views(cfg: AugmentConfig, copies: int, seed: int = 0) -> list[View]:
             for _ in range(copies)]
 
 
-def _view_affine(image: torch.Tensor, v: View) -> torch.Tensor:
-    """torchvision's affine of one view (nearest, fill 0)."""
-    from torchvision.transforms.v2 import functional as F
+def _view_params(views: tuple[View, ...], height: int, width: int) -> dict:
+    """The views as `_affine`'s per-image parameters, translations rounded to whole pixels as torchvision's
+    RandomAffine makes them."""
+    def column(values) -> torch.Tensor:  # float64: the views' Python floats exactly
+        return torch.tensor(list(values), dtype=torch.float64)
 
-    h, w = image.shape[-2:]
-    return F.affine(image, angle=v.angle, translate=[round(v.translate[0] * w), round(v.translate[1] * h)],
-                    scale=v.scale, shear=[v.shear, 0.0])
+    return {"angle": column(v.angle for v in views), "scale": column(v.scale for v in views),
+            "tx": column(round(v.translate[0] * width) for v in views),
+            "ty": column(round(v.translate[1] * height) for v in views), "shear": column(v.shear for v in views)}
+
+
+def _contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """torchvision's adjust_contrast of uint8 one-channel images, its operations in its order: each image
+    blended with its mean, clamped, truncated to uint8."""
+    mean = x.to(torch.float32).mean(dim=(-3, -2, -1), keepdim=True)
+    return x.mul(float(factor)).add_(mean, alpha=1.0 - float(factor)).clamp_(0, 255).to(torch.uint8)
 
 
 @functools.lru_cache(maxsize=16)
 def _view_maps(views: tuple[View, ...], height: int, width: int) -> torch.Tensor:
     """Where each output pixel of each view comes from: len(views) * H * W numbers, 1 + the source pixel's
-    index, 0 for torchvision's fill. Made by torchvision's own nearest-neighbour affine, applied to images
-    of row and column numbers (float32 holds them exactly), so a gather through the map is its result."""
+    index, 0 for torchvision's fill. Made by the augmentation's nearest-neighbour affine (torchvision's, bit
+    for bit), applied to images of row and column numbers (float32 holds them exactly), so a gather through
+    the map is its result."""
     rows = torch.arange(1, height + 1, dtype=torch.float32).view(height, 1).expand(height, width)
     cols = torch.arange(1, width + 1, dtype=torch.float32).view(1, width).expand(height, width)
-    coords = torch.stack([rows, cols])[None]  # 1 x 2 x H x W
-    maps = []
-    for v in views:
-        r, c = _view_affine(coords, v)[0].long()
-        maps.append(torch.where(r > 0, (r - 1) * width + c, 0).view(-1))  # a fill pixel has row and column 0
-    return torch.cat(maps)
+    coords = torch.stack([rows, cols])[None].expand(len(views), 2, height, width)  # one copy per view
+    r, c = _affine(coords, _view_params(views, height, width)).long().unbind(1)
+    return torch.where(r > 0, (r - 1) * width + c, 0).view(-1)  # a fill pixel has row and column 0
 
 
 def with_views(batch: torch.Tensor, views: list[View]) -> torch.Tensor:
@@ -172,13 +195,13 @@ def with_views(batch: torch.Tensor, views: list[View]) -> torch.Tensor:
 
     The geometry of every view is one gather through fixed maps (`_view_maps`) instead of torchvision's
     affine per view, whose many small operations per call took 39% of a server's batch under load against
-    20% alone (BENCHMARKS.md, session 13). Brightness is one multiply for all views; contrast stays torchvision's,
-    per view, because its blend depends on each image's mean."""
+    20% alone (BENCHMARKS.md, session 13). Brightness is one multiply for all views; contrast (torchvision's
+    arithmetic, `_contrast`) runs per view, because its blend depends on each image's mean."""
     if not views:
         return batch
-    from torchvision.transforms.v2 import functional as F
-
     n, c, h, w = batch.shape
+    if c != 1:
+        raise ValueError(f"test-time views take one-channel uint8 batches, got {c} channels")
     # pixels as rows of the batch's N x C values, a zero row first for the fill: each map entry copies a row
     rows = torch.cat([batch.new_zeros(1, n * c), batch.reshape(n * c, h * w).t()])
     moved = rows.index_select(0, _view_maps(tuple(views), h, w)).view(len(views), h, w, n, c).permute(0, 3, 4, 1, 2)
@@ -186,8 +209,8 @@ def with_views(batch: torch.Tensor, views: list[View]) -> torch.Tensor:
     moved = moved.float().mul_(brightness).clamp_(0, 255).to(torch.uint8)  # F.adjust_brightness, every view at once
     out = [batch]
     for v, x in zip(views, moved):
-        x = F.adjust_contrast(x, v.contrast)
-        out.append(F.horizontal_flip(x) if v.flip else x)
+        x = _contrast(x, v.contrast)
+        out.append(x.flip(-1) if v.flip else x)
     return torch.cat(out)
 
 

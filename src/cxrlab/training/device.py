@@ -23,8 +23,28 @@ def training_memory_format(model: torch.nn.Module, device: torch.device) -> torc
     return torch.channels_last
 
 
+class Adam(torch.optim.Adam):
+    """torch.optim.Adam, the same class, state and arithmetic, without importing torch._dynamo.
+
+    torch.optim wraps `step`, `zero_grad`, `state_dict`, `load_state_dict` and `add_param_group` so that
+    torch.compile can trace around them; the wrappers import torch._dynamo on first use, 1.0-1.3 s of every
+    training process on this 2-core CPU (BENCHMARKS.md, session 15), although cxrlab never compiles. This
+    subclass calls the functions those wrappers wrap (`__wrapped__`); `step` keeps the wrapper's one effect
+    outside compilation, no autograd (Adam's differentiable=False). Tests check it against torch.optim.Adam
+    step by step and that training never imports torch._dynamo."""
+
+    add_param_group = torch.optim.Optimizer.add_param_group.__wrapped__
+    zero_grad = torch.optim.Optimizer.zero_grad.__wrapped__
+    state_dict = torch.optim.Optimizer.state_dict.__wrapped__
+    load_state_dict = torch.optim.Optimizer.load_state_dict.__wrapped__
+
+    def step(self, closure=None):
+        with torch.no_grad():
+            return torch.optim.Adam.step.__wrapped__(self, closure)
+
+
 def adam(params, device: torch.device, lr: float = 1e-3, weight_decay: float = 0.0) -> torch.optim.Adam:
     """Adam with PyTorch's fused kernel on CPU and CUDA: one pass over all parameters instead of a dozen
     element-wise ops per step. seed-cnn's step: 0.4 ms against 1.3-1.5 ms (BENCHMARKS.md)."""
     fused = device.type in ("cpu", "cuda")
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    return Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
