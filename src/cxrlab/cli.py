@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 from pathlib import Path
@@ -22,6 +23,25 @@ data_app = typer.Typer(help="Look at a data set before training on it.", no_args
 app.add_typer(data_app, name="data")
 # soft_wrap: a message or an epoch line is one line in a pipe or a file whatever the width (tables still fit it)
 console = Console(soft_wrap=True)
+
+
+_own_process = False  # set by `main`: the process is cxrlab's command, not a test or a notebook calling the app
+
+
+@contextlib.contextmanager
+def _heavy_imports():
+    """Around a command's imports of torch, scikit-learn and matplotlib: in cxrlab's own process the garbage
+    collector waits until they finish, then freezes the objects they made. Their millions of objects set off
+    full collections that find nothing to free: 0.4-0.6 s of a lesson run (BENCHMARKS.md, session 15)."""
+    if not _own_process:
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.freeze()
 
 
 class _Bar:
@@ -140,8 +160,9 @@ def data_summary(
     findings: Optional[str] = typer.Option(None, help="Multi-label: 'all' or a list: per-finding counts per split."),
 ):
     """Counts per class and split, patients, sizes, duplicates, unreadable files; summary.json and plots."""
-    from .data import load_data
-    from .data.summary import write_summary
+    with _heavy_imports():
+        from .data import load_data
+        from .data.summary import write_summary
 
     cfg = DataConfig(image_size=image_size, split_scheme=split_scheme, split_seed=split_seed,
                      val_policy=val_policy, on_bad_image=on_bad_image,
@@ -220,8 +241,11 @@ def train(
                                   "does, in this process (one start-up instead of two)."),
 ):
     """Train a classifier into a run directory (config.yaml, split.csv, history.csv, weights, run.json)."""
-    from .config import TrainConfig, load_yaml, with_overrides
-    from .training import train as train_run
+    with _heavy_imports():
+        from .config import TrainConfig, load_yaml, with_overrides
+        from .training import train as train_run
+        if evaluate:
+            from .evaluation.evaluate import evaluate_run
 
     if resume:
         given = {k: v for k, v in locals().items() if k in _TRAIN_FLAGS | {"data", "config", "recipe", "negative", "out"}}
@@ -251,8 +275,6 @@ def train(
     console.print(f"best epoch {run.best_epoch} ({run.config.monitor}); "
                   f"{'stopped early; ' if run.stopped_early else ''}run directory: {run.dir.path}")
     if evaluate:
-        from .evaluation.evaluate import evaluate_run
-
         _print_evaluation(evaluate_run(run.dir.path))
 
 
@@ -296,7 +318,8 @@ def evaluate(
 ):
     """Metrics with 95% CIs at the run's operating point, calibration, CSVs and figures in RUN/eval/<split>/.
     Read-only on the run: the operating point predict, serve and export use stays as it is."""
-    from .evaluation.evaluate import evaluate_run
+    with _heavy_imports():
+        from .evaluation.evaluate import evaluate_run
 
     if (positive or (negative and not finding)) and data is None:
         raise CxrlabError("--positive and --negative name another data set's labels: use them with --data "
@@ -329,7 +352,8 @@ def threshold_cmd(
     """Choose the run's operating point on its validation split and store it (RUN/threshold.json):
     what predict, serve, export and evaluate use from then on. `train` stores the default one.
     With --data, choose a new site's threshold on a labelled sample of its images instead."""
-    from .evaluation.evaluate import store_operating_point
+    with _heavy_imports():
+        from .evaluation.evaluate import store_operating_point
 
     if data is None and (site or positive or negative):
         raise CxrlabError("--site, --positive and --negative describe a new site's images: use them with --data")
@@ -417,7 +441,8 @@ def _print_site(m: dict) -> None:
 def report(run: Path = typer.Argument(..., help="A run directory."),
            split: str = typer.Option("test", help="Which evaluation to report (evaluated first if needed).")):
     """Write RUN/report.html: one self-contained page (data, training, metrics, errors, model card)."""
-    from .report import write_report
+    with _heavy_imports():
+        from .report import write_report
 
     console.print(f"wrote {write_report(run, split)}")
 
@@ -430,7 +455,8 @@ def compare(runs: List[Path] = typer.Argument(..., help="Two or more run directo
             negative: Optional[List[str]] = typer.Option(None, help="With --finding: the negative label(s) "
                                                          "(default No Finding).")):
     """Key metrics of several runs with CIs (terminal, Markdown, CSV) and their ROC curves overlaid."""
-    from .evaluation.compare import compare_runs
+    with _heavy_imports():
+        from .evaluation.compare import compare_runs
 
     table = compare_runs(runs, split, out, finding, negative or None)
     view = Table("run", "model", "AUC [95% CI]", "sens [CI]", "spec [CI]", "acc (majority)", title=f"{split} split")
@@ -467,10 +493,10 @@ def explain(
     seed: int = typer.Option(0, help="Seed of the representative draw."),
 ):
     """Heatmaps over the X-ray for each method (PNG + raw .npy), checked for sanity and localisation."""
-    import json
-
-    from . import saliency as ex
-    from .runs import RunDir
+    with _heavy_imports():
+        import json
+        from . import saliency as ex
+        from .runs import RunDir
 
     methods = method or list(ex.DEFAULT_METHODS)
     out = out or RunDir(run).path / "explain"
@@ -526,10 +552,10 @@ def predict(
                                              "and a heatmap Secondary Capture in its study (new series)."),
 ):
     """Score new images with the run's preprocessing and its stored (validation-chosen) threshold."""
-    import pandas as pd
-
-    from .saliency import expand_paths
-    from .serving import Predictor
+    with _heavy_imports():
+        import pandas as pd
+        from .saliency import expand_paths
+        from .serving import Predictor
 
     if on_bad_image not in ("error", "skip"):
         raise CxrlabError(f"--on-bad-image must be error or skip, got {on_bad_image!r}")
@@ -588,7 +614,8 @@ def export(run: Path = typer.Argument(..., help="A run directory."),
            format: str = typer.Option("onnx", help="onnx or torchscript."),
            out: Optional[Path] = typer.Option(None, help="Output folder (default RUN/export).")):
     """Export the model (ONNX runs with onnxruntime alone, no torch) with its preprocessing and threshold."""
-    from .serving.export import export_run
+    with _heavy_imports():
+        from .serving.export import export_run
 
     console.print(f"wrote {export_run(run, format, out)} and preprocess.json")
 
@@ -602,9 +629,9 @@ def serve(run: Path = typer.Argument(..., help="A run directory."),
           site: Optional[str] = typer.Option(None, help="Call at this site's operating point (`cxrlab threshold --data`)."),
           backend: str = typer.Option("auto", help="torch, onnxruntime, or auto (the faster one for the model).")):
     """Serve the web page (/), the quiz (/quiz) and the JSON API (/api, schema at /openapi.json)."""
-    import uvicorn
-
-    from .serving.app import create_app
+    with _heavy_imports():
+        import uvicorn
+        from .serving.app import create_app
 
     console.print(f"cxrlab serving {run} on http://{host}:{port}/  (quiz: /quiz, API schema: /openapi.json"
                   f"{', docs: /docs' if docs else ''})")
@@ -640,10 +667,10 @@ def tune(
                                              "(YAML values; any TrainConfig or DataConfig key)."),
 ):
     """Search hyper-parameters with Optuna: every trial an ordinary run, chosen on validation, the best scored once on test."""
-    import yaml
-
-    from .config import TrainConfig, load_yaml, with_overrides
-    from .tuning import tune as run_search
+    with _heavy_imports():
+        import yaml
+        from .config import TrainConfig, load_yaml, with_overrides
+        from .tuning import tune as run_search
 
     if config and recipe:
         raise CxrlabError("give --config or --recipe, not both: a config file already holds a whole recipe")
@@ -692,7 +719,8 @@ def _print_search(s: dict, out: Path) -> None:
 @app.command()
 def demo(out: Path = typer.Option(Path("cxrlab-demo"), help="Folder for the synthetic data and results.")):
     """Make a synthetic chest-X-ray-like data set (offline, deterministic) and run the workflow on it."""
-    from .demo import run_demo
+    with _heavy_imports():
+        from .demo import run_demo
 
     with _Bar("decoding images") as bar:
         result = run_demo(out, progress=bar, on_epoch=_print_epoch, on_summary=_print_summary)
@@ -713,9 +741,11 @@ def main() -> None:
     """Console entry point: user errors become one clear line and exit code 2, not a traceback.
     cxrlab's own process (not a notebook importing it) keeps freed CPU buffers for reuse, and skips the
     garbage collection that Python runs as it exits."""
+    global _own_process
     from .allocator import keep_freed_memory
 
     keep_freed_memory()
+    _own_process = True
     try:
         app()
     except CxrlabError as exc:
