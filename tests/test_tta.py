@@ -107,6 +107,27 @@ def test_an_images_score_does_not_depend_on_where_it_is_scored(augmented_run):
     assert np.allclose(one_by_one, scored["score"].iloc[:5], atol=1e-5)
 
 
+def test_a_split_is_read_and_scored_a_slice_at_a_time(augmented_run, monkeypatch):
+    """score_data reads a split's cached images a few batches at a time, with pread, instead of the whole split
+    at once (a split of 7,500 images held 0.5 GB, and as much again of the cache's pages), and its scores are
+    those of one call over the whole split, to the last bit."""
+    import cxrlab.inference as inference
+    from cxrlab.data.dataset import read_rows
+
+    model = inference.RunModel(augmented_run, "cpu")
+    data = model.own_data()
+    assert isinstance(data.images, np.memmap)
+    rows = data.frame.loc[data.frame["split"] == "test", "row"].to_numpy()
+    whole = model.predict_proba(np.asarray(data.images[rows]))
+    assert np.array_equal(read_rows(data.images, rows), np.asarray(data.images[rows]))
+    reads = []
+    monkeypatch.setattr(inference, "SCORE_SLICE_BATCHES", 1)  # one batch of 7 images (+ 8 views each) a slice
+    monkeypatch.setattr(inference, "read_rows", lambda images, r: reads.append(len(r)) or read_rows(images, r))
+    scored = model.score_data(data, "test")
+    assert len(reads) > 1 and max(reads) == 7 and sum(reads) == len(rows)
+    assert np.array_equal(scored["score"].to_numpy(), whole)
+
+
 def test_the_threshold_is_chosen_on_scores_made_like_the_ones_it_cuts(augmented_run, tmp_path):
     import shutil
 

@@ -32,12 +32,27 @@ class CachedRows:
             raise OSError(f"{self.path}: short read at row {row}; the image cache is damaged, delete it")
         return np.frombuffer(buf, np.uint8).reshape(self.shape[1:])
 
+    def read(self, rows) -> np.ndarray:
+        """Several rows as one uint8 array."""
+        out = np.empty((len(rows), *self.shape[1:]), np.uint8)
+        for i, row in enumerate(rows):
+            out[i] = self[row]
+        return out
+
     def __getstate__(self):  # worker processes open their own descriptor
         return {**self.__dict__, "_fd": None}
 
     def __del__(self):
         if self._fd is not None:
             os.close(self._fd)
+
+
+def read_rows(images: np.ndarray, rows) -> np.ndarray:
+    """`images[rows]` as a uint8 array; rows of the image cache's memory map are read with pread (`CachedRows`),
+    so scoring a split does not pull its pages into the resident set."""
+    if isinstance(images, np.memmap):
+        return CachedRows(images).read(rows)
+    return np.asarray(images[np.asarray(rows)])
 
 
 class XrayDataset(Dataset):

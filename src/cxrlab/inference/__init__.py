@@ -22,6 +22,7 @@ import torch
 from ..accel import accelerate, plain, runs_in_kernels
 from ..checkpoint import load_state_dict
 from ..data.augment import mean_over_views, tta_views, with_views
+from ..data.dataset import read_rows
 from ..data.images import decode_image, read_image
 from ..data.preprocess import normalize
 from ..device import select_device
@@ -30,6 +31,8 @@ from ..models import create_model, model_spec
 from ..runs import MODEL_CARD, OperatingPoint, RunDir
 from .calibration import apply_temperature, fit_temperature
 from .thresholds import choose_threshold
+
+SCORE_SLICE_BATCHES = 32  # `score_data` reads a split this many forward batches at a time
 
 log = logging.getLogger("cxrlab.inference")
 DEFAULT_POLICY = "sensitivity:0.95"  # screening first: miss few sick patients
@@ -172,7 +175,7 @@ class RunModel:
         temperature-scaled when the operating point is calibrated (`calibrated=False`: before it).
         Chunked by image, and each image's views are fixed, so a score never depends on its batch."""
         pixels = np.asarray(pixels)
-        per_chunk = max(1, batch_size // (1 + len(self.views)))
+        per_chunk = self._images_per_batch(batch_size)
         out = []
         for start in range(0, len(pixels), per_chunk):
             images = torch.from_numpy(np.ascontiguousarray(pixels[start:start + per_chunk])).unsqueeze(1)
@@ -180,6 +183,10 @@ class RunModel:
             out.append(mean_over_views(torch.sigmoid(self._forward(batch)), len(self.views)).numpy())
         probs = np.concatenate(out) if out else np.zeros((0, len(self.findings)) if self.findings else 0, np.float32)
         return apply_temperature(probs, self.temperature) if calibrated and self.temperature else probs
+
+    def _images_per_batch(self, batch_size: int = 64) -> int:
+        """Images per forward pass in `predict_proba`: each brings its views into the batch."""
+        return max(1, batch_size // (1 + len(self.views)))
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """N x S x S uint8 -> 0/1 at the stored threshold (N x K at each finding's, multi-label)."""
@@ -191,7 +198,13 @@ class RunModel:
         frame = data.frame if split == "all" else data.frame[data.frame["split"] == split]
         labels = [f"y:{f}" for f in self.findings] if self.findings else ["y"]
         frame = frame[["path", "patient", *labels, "row"]].reset_index(drop=True)
-        probs = self.predict_proba(data.images[frame["row"].to_numpy()], calibrated)
+        # read and scored a slice at a time, not the split at once: a split of 7,500 cached images held 0.5 GB
+        # and pulled as much of the cache's pages into memory (BENCHMARKS.md, session 15). A slice is a whole
+        # number of predict_proba's batches, so every batch, and so every score, is what one call would make.
+        rows, step = frame["row"].to_numpy(), SCORE_SLICE_BATCHES * self._images_per_batch()
+        probs = [self.predict_proba(read_rows(data.images, rows[i:i + step]), calibrated)
+                 for i in range(0, len(rows), step)]
+        probs = np.concatenate(probs) if probs else self.predict_proba(np.zeros((0, 1, 1), np.uint8), calibrated)
         if self.findings:
             for k, finding in enumerate(self.findings):
                 frame[f"score:{finding}"] = probs[:, k]
