@@ -205,6 +205,15 @@ def synthetic_h5(path: Path, n: int, size: int = 256) -> Path:
     return path
 
 
+def own_peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's peak into a child across
+    fork and exec, so a probe started after the other rows reported speed.py's 1.8 GB as its own (session 15)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_probe(args) -> int:
     """Child process: one training run, then its own and its decode workers' peak RSS (MB)."""
     from cxrlab.training import train
@@ -215,7 +224,7 @@ def memory_probe(args) -> int:
     run = train(cfg, workdir / "mem-run", overwrite=True)
     print(json.dumps({"images": int(sum(c["images"] for c in run.info["counts"].values())),
                       "train_images": run.info["counts"]["train"]["images"],
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_rss_mb": own_peak_rss_mb(),
                       "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
     return 0
 
