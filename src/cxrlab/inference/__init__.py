@@ -32,7 +32,7 @@ from ..runs import MODEL_CARD, OperatingPoint, RunDir
 from .calibration import apply_temperature, fit_temperature
 from .thresholds import choose_threshold
 
-SCORE_SLICE_BATCHES = 32  # `score_data` reads a split this many forward batches at a time
+SCORE_SLICE_BATCHES = 4  # `score_data` reads a split this many forward batches at a time
 
 log = logging.getLogger("cxrlab.inference")
 DEFAULT_POLICY = "sensitivity:0.95"  # screening first: miss few sick patients
