@@ -75,6 +75,12 @@ def test_views_are_torchvisions_bit_for_bit(shape):
     assert any(v.flip for v in tta_views(strong, 6, seed=3))
 
 
+def test_views_refuse_a_batch_that_is_not_one_channel():
+    """Views take the cache's one-channel uint8 images (contrast is torchvision's one-channel arithmetic)."""
+    with pytest.raises(ValueError, match="one-channel"):
+        with_views(torch.zeros(2, 3, 16, 16, dtype=torch.uint8), tta_views(AugmentConfig(), 2))
+
+
 def test_no_ranges_means_views_equal_to_the_image():
     still = AugmentConfig(rotation=0, shift=0, zoom=0, shear=0, brightness=0, contrast=0)
     batch = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)

@@ -752,7 +752,8 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)
     finally:
-        # The process ends here. Python's last collection would walk every object that torch, its compiler
-        # and scikit-learn made, only to free memory the OS takes back anyway: 1.8-2.0 s of a lesson run's
-        # exit, 0.35-0.40 s with the objects frozen (BENCHMARKS.md, session 14). atexit handlers still run.
+        # The process ends here. Python's last collection would walk every object that torch and scikit-learn
+        # made, only to free memory the OS takes back anyway: 1.8-2.0 s of a lesson run's exit (with
+        # torch._dynamo, which training imported then), 0.35-0.40 s with the objects frozen (BENCHMARKS.md,
+        # session 14). atexit handlers still run.
         gc.freeze()

@@ -25,18 +25,16 @@ class CachedRows:
         return self.shape[0]
 
     def __getitem__(self, row: int) -> np.ndarray:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        buf = bytearray(self.row_bytes)
-        if os.preadv(self._fd, [buf], self.offset + int(row) * self.row_bytes) != self.row_bytes:
-            raise OSError(f"{self.path}: short read at row {row}; the image cache is damaged, delete it")
-        return np.frombuffer(buf, np.uint8).reshape(self.shape[1:])
+        return self.read([row])[0]
 
     def read(self, rows) -> np.ndarray:
-        """Several rows as one uint8 array."""
+        """Several rows as one uint8 array, each read straight into it."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
         out = np.empty((len(rows), *self.shape[1:]), np.uint8)
         for i, row in enumerate(rows):
-            out[i] = self[row]
+            if os.preadv(self._fd, [out[i]], self.offset + int(row) * self.row_bytes) != self.row_bytes:
+                raise OSError(f"{self.path}: short read at row {row}; the image cache is damaged, delete it")
         return out
 
     def __getstate__(self):  # worker processes open their own descriptor

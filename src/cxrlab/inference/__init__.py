@@ -202,9 +202,8 @@ class RunModel:
         # and pulled as much of the cache's pages into memory (BENCHMARKS.md, session 15). A slice is a whole
         # number of predict_proba's batches, so every batch, and so every score, is what one call would make.
         rows, step = frame["row"].to_numpy(), SCORE_SLICE_BATCHES * self._images_per_batch()
-        probs = [self.predict_proba(read_rows(data.images, rows[i:i + step]), calibrated)
-                 for i in range(0, len(rows), step)]
-        probs = np.concatenate(probs) if probs else self.predict_proba(np.zeros((0, 1, 1), np.uint8), calibrated)
+        probs = np.concatenate([self.predict_proba(read_rows(data.images, rows[i:i + step]), calibrated)
+                                for i in range(0, len(rows) or 1, step)])  # an empty split: one empty slice
         if self.findings:
             for k, finding in enumerate(self.findings):
                 frame[f"score:{finding}"] = probs[:, k]
