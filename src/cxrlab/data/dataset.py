@@ -25,17 +25,22 @@ class CachedRows:
         return self.shape[0]
 
     def __getitem__(self, row: int) -> np.ndarray:
-        return self.read([row])[0]
+        buf = bytearray(self.row_bytes)  # the training loader reads one image at a time
+        self._read_into(buf, row)
+        return np.frombuffer(buf, np.uint8).reshape(self.shape[1:])
 
     def read(self, rows) -> np.ndarray:
         """Several rows as one uint8 array, each read straight into it."""
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
         out = np.empty((len(rows), *self.shape[1:]), np.uint8)
         for i, row in enumerate(rows):
-            if os.preadv(self._fd, [out[i]], self.offset + int(row) * self.row_bytes) != self.row_bytes:
-                raise OSError(f"{self.path}: short read at row {row}; the image cache is damaged, delete it")
+            self._read_into(out[i], row)
         return out
+
+    def _read_into(self, buf, row: int) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        if os.preadv(self._fd, [buf], self.offset + int(row) * self.row_bytes) != self.row_bytes:
+            raise OSError(f"{self.path}: short read at row {row}; the image cache is damaged, delete it")
 
     def __getstate__(self):  # worker processes open their own descriptor
         return {**self.__dict__, "_fd": None}
