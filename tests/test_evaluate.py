@@ -116,6 +116,21 @@ def test_temperature_scaling_recovers_overconfidence():
     assert expected_calibration_error(y, apply_temperature(over, t)) < expected_calibration_error(y, over) / 2
 
 
+def test_temperature_on_perfectly_separated_scores_stays_finite_and_keeps_the_ranking():
+    from cxrlab.inference.calibration import TEMPERATURE_BOUNDS
+
+    # every positive above every negative, as a small validation split can be: the likelihood has no minimum
+    # (a lesson run's 24 validation scores on an AVX2 CPU, where unbounded L-BFGS returned NaN)
+    y = np.array([1] * 12 + [0] * 12)
+    score = np.array([0.698656, 0.921215, 0.855205, 0.685984, 0.875403, 0.798373, 0.667438, 0.665935, 0.794660,
+                      0.719330, 0.909525, 0.782667, 0.459025, 0.461482, 0.457328, 0.459382, 0.458297, 0.459072,
+                      0.456689, 0.465263, 0.464301, 0.519403, 0.453795, 0.478475])
+    t = fit_temperature(y, score)
+    assert np.isfinite(t) and TEMPERATURE_BOUNDS[0] <= t <= TEMPERATURE_BOUNDS[1]
+    scaled = apply_temperature(score, t)
+    assert np.isfinite(scaled).all() and (np.argsort(scaled) == np.argsort(score)).all()
+
+
 @pytest.fixture(scope="session")
 def trained_run(lesson_run):
     return lesson_run
