@@ -49,8 +49,9 @@ def main() -> int:
     methods = args.methods.split(",")
     print(f"run {args.run} ({model.spec.name}, {model.spec.image_size} px, {model.positive}); boxes {args.boxes}; "
           f"CPU {cpu}; python {sys.version.split()[0]}; current default layer {default}\n")
-    print("| layer | map | method | boxes | pointing game [95% CI] | chance | T(IoBB) 0.1 / 0.25 / 0.5 | s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| layer | map | method | boxes | pointing game [95% CI] | chance | energy in box | T(IoBB) 0.1 / 0.25 / 0.5 "
+          "| s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for layer in candidate_layers(plain):
         h, w = layer_resolution(plain, plain.get_submodule(layer), model.spec)
         t0 = time.perf_counter()
@@ -61,7 +62,8 @@ def main() -> int:
             lo, hi = r["pointing_ci95"]
             acc = r["iobb_accuracy"]
             print(f"| {layer} | {h} x {w} | {method} | {r['images']} | {r['pointing_game']:.3f} [{lo:.3f}, {hi:.3f}] "
-                  f"| {r['pointing_chance']:.3f} | {acc['0.1']:.2f} / {acc['0.25']:.2f} / {acc['0.5']:.2f} | {seconds:.1f} |",
+                  f"| {r['pointing_chance']:.3f} | {r['energy_game']:.3f} | {acc['0.1']:.2f} / {acc['0.25']:.2f} / "
+                  f"{acc['0.5']:.2f} | {seconds:.1f} |",
                   flush=True)
     return 0
 

@@ -10,7 +10,7 @@ from sklearn.metrics import (average_precision_score, balanced_accuracy_score, f
 from cxrlab.errors import ConfigError, CxrlabError, DataError
 from cxrlab.evaluation.calibration import expected_calibration_error
 from cxrlab.inference.calibration import apply_temperature, fit_temperature
-from cxrlab.evaluation.metrics import (auc_weighted, binary_metrics, bootstrap_ci, patient_resamples,
+from cxrlab.evaluation.metrics import (auc_weighted, binary_metrics, bootstrap_ci, call_rate_cis, patient_resamples,
                                       patient_weights, sensitivity_at, specificity_at)
 from cxrlab.inference.thresholds import choose_threshold
 
@@ -84,6 +84,25 @@ def test_weighted_bootstrap_equals_scoring_each_resample_with_sklearn():
     assert point == pytest.approx(roc_auc_score(y, score))
     kept = auc[~np.isnan(auc)]
     assert (low, high) == pytest.approx(tuple(np.quantile(kept, [0.025, 0.975])))
+
+
+def test_a_perfect_rate_gets_an_exact_interval_over_its_patients_not_a_zero_width_one():
+    """Every positive called: every bootstrap resample agrees, so the percentile interval would be 1.0-1.0.
+    The interval is then Clopper-Pearson's for 10 of 10 patients (the 'rule of three' width, about 0.31)."""
+    from scipy.stats import binomtest
+
+    patients = np.repeat(np.arange(30), 2)  # 30 patients of 2 images; the first 10 positive
+    y = (patients < 10).astype(int)
+    score = np.where(y == 1, 0.9, np.linspace(0.0, 0.8, len(y)))
+    cis = call_rate_cis(y, score, patients, threshold=0.5, n_resamples=200)
+    exact = binomtest(10, 10).proportion_ci(0.95, method="exact")
+    assert cis["sensitivity"] == pytest.approx((exact.low, exact.high)) and cis["sensitivity"][0] < 0.75
+    # specificity is neither 0 nor 1 here: the patient bootstrap's percentile interval, as before
+    spec = bootstrap_ci(y, score, patients, specificity_at(0.5), n_resamples=200)
+    assert 0 < spec[0] < 1 and cis["specificity"] == pytest.approx(spec[1:])
+    # no positive called at all: the exact interval of 0 of 10
+    assert call_rate_cis(y, score, patients, threshold=0.95, n_resamples=200)["sensitivity"] == pytest.approx(
+        (0.0, binomtest(0, 10).proportion_ci(0.95, method="exact").high))
 
 
 def test_bootstrap_ci_of_one_class_is_nan():

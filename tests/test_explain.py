@@ -286,3 +286,16 @@ def test_sanity_compares_the_signed_gradcam_map_too():
     assert signed.shape == (3, 64, 64) and signed.min() >= -1 and signed.max() <= 1 and (signed < 0).any()
     table = cascading_randomization(model, x, {"gradcam": "gradcam"}, "features.8")
     assert set(table["method"]) == {"gradcam", "gradcam (signed)"}
+
+
+def test_energy_in_the_box_is_the_maps_share_inside_it():
+    from cxrlab.saliency.localize import energy_in_box, localisation_scores
+
+    cam = np.zeros((64, 64))
+    cam[10:20, 30:40] = 1.0  # all of the map in a 10 x 10 box at x 30, y 10
+    assert energy_in_box(cam, (30, 10, 10, 10)) == 1.0
+    assert energy_in_box(cam, (30, 10, 5, 10)) == pytest.approx(0.5)  # half the box: half the energy
+    assert energy_in_box(np.ones((64, 64)), (0, 0, 32, 16)) == pytest.approx(1 / 8)  # uniform: the area share
+    assert energy_in_box(np.zeros((64, 64)), (0, 0, 8, 8)) == 0.0
+    scores = localisation_scores(np.stack([cam, np.ones((64, 64))]), [(30, 10, 10, 10)] * 2)
+    assert scores["energy_game"] == pytest.approx((1.0 + 100 / 4096) / 2)

@@ -534,7 +534,8 @@ def explain(
         for m, r in result.items():
             lo, hi = r["pointing_ci95"]
             console.print(f"{m}: pointing game {r['pointing_game']:.3f} [95% CI {lo:.3f}-{hi:.3f}] over {r['images']} "
-                          f"boxes (chance {r['pointing_chance']:.3f}); T(IoBB) accuracy "
+                          f"boxes (chance {r['pointing_chance']:.3f}); energy in the box {r['energy_game']:.3f}; "
+                          "T(IoBB) accuracy "
                           + ", ".join(f"{t}: {v:.2f}" for t, v in r["iobb_accuracy"].items()), highlight=False)
 
 

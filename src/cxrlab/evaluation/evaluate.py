@@ -16,7 +16,7 @@ from ..inference import RunModel
 from ..runs import OperatingPoint, RunDir
 from . import plots
 from .calibration import calibration_summary
-from .metrics import binary_metrics, bootstrap_ci, sensitivity_at, specificity_at
+from .metrics import binary_metrics, bootstrap_ci, call_rate_cis
 from .sites import leave_out_sample, load_other_data, site_for_data
 
 
@@ -195,9 +195,8 @@ def finding_eval_dir(run: RunDir, split: str, finding: str) -> Path:
 
 
 def _call_cis(y, score, patients, threshold: float, n_resamples: int, seed: int) -> dict:
-    """Patient-bootstrap 95% CIs of sensitivity and specificity at `threshold`."""
-    return {name: list(bootstrap_ci(y, score, patients, fn(threshold), n_resamples=n_resamples, seed=seed)[1:])
-            for name, fn in (("sensitivity", sensitivity_at), ("specificity", specificity_at))}
+    """95% CIs of sensitivity and specificity at `threshold` (`call_rate_cis`)."""
+    return {name: list(ci) for name, ci in call_rate_cis(y, score, patients, threshold, n_resamples, seed).items()}
 
 
 class Evaluation(dict):

@@ -127,3 +127,25 @@ def specificity_at(threshold: float):
     def metric(y, score, w):
         return _weighted_rate(w, np.asarray(y) == 0, np.asarray(score) < threshold)
     return metric
+
+
+def call_rate_cis(y: np.ndarray, score: np.ndarray, patients: np.ndarray, threshold: float, n_resamples: int = 1000,
+                  seed: int = 0, level: float = 0.95, weights: np.ndarray | None = None) -> dict:
+    """{"sensitivity": (low, high), "specificity": (low, high)} at `threshold`: patient-bootstrap percentile
+    intervals, except where a rate is exactly 0 or 1. There every resample agrees, and the bootstrap's
+    zero-width interval would claim certainty from a handful of patients ("sensitivity 100%, 95% CI
+    100-100%"); such a rate gets the Clopper-Pearson exact interval (scipy) of its hits over the patients it
+    is measured on (positives' patients for sensitivity), the units the bootstrap resamples."""
+    from scipy.stats import binomtest
+
+    y, score, patients = np.asarray(y), np.asarray(score, float), np.asarray(patients)
+    cis = {}
+    for name, metric, cls in (("sensitivity", sensitivity_at(threshold), 1), ("specificity", specificity_at(threshold), 0)):
+        point, low, high = bootstrap_ci(y, score, patients, metric, n_resamples, seed, level, weights)
+        n = len(np.unique(patients[y == cls]))
+        if point in (0.0, 1.0) and low == high and n:
+            exact = binomtest(int(point) * n, n).proportion_ci(level, method="exact")
+            low, high = float(exact.low), float(exact.high)
+        cis[name] = (low, high)
+    return cis
+

@@ -12,8 +12,7 @@ from sklearn.metrics import roc_curve
 
 from ..inference import RunModel
 from . import plots
-from .metrics import (auc_weighted, binary_metrics, bootstrap_ci, patient_weights, percentile_ci, sensitivity_at,
-                      specificity_at)
+from .metrics import auc_weighted, binary_metrics, call_rate_cis, patient_weights, percentile_ci
 
 # Rajpurkar et al. 2017, "CheXNet" (arXiv:1711.05225): the per-finding test AUROCs the paper reports for
 # CheXNet, a DenseNet-121 trained on the full NIH ChestX-ray14 (values as reproductions quote them, e.g. the
@@ -66,8 +65,7 @@ def evaluate_findings(model: RunModel, data, split: str, out, n_resamples: int =
         auc = float(auc_weighted(y, s, np.ones((1, len(y))))[0])
         stats = auc_weighted(y, s, w) if not np.isnan(auc) else np.full(len(w), np.nan)
         low, high = percentile_ci(stats)  # NaN, NaN when the finding has one class here
-        calls = {name: bootstrap_ci(y, s, p, fn(float(threshold)), weights=w)[1:]
-                 for name, fn in (("sensitivity", sensitivity_at), ("specificity", specificity_at))}
+        calls = call_rate_cis(y, s, p, float(threshold), weights=w)
         per_resample.append(stats)
         rows.append({"finding": finding, "positives": int(y.sum()), "negatives": int((y == 0).sum()),
                      "auc": auc, "auc_low": low, "auc_high": high, "average_precision": m["average_precision"],
