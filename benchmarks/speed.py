@@ -21,7 +21,8 @@ The reference is benchmarks/reference/seed_keras.py in its own virtual environme
 Also `--levers`: cxrlab's own speed levers one by one (fp32 NCHW, channels_last, bf16, both).
 Run: python benchmarks/speed.py [--repeats 3] [--rows train,infer,workflow,frozen,data,memory]
      [--reference-python .venv-bench/bin/python] [--smoke] [--levers]
---smoke: one tiny repetition of every row on synthetic data (what CI runs to keep this script working).
+--smoke: one tiny repetition of every row on synthetic data (what CI runs to keep this script working);
+         with --levers, 2 training steps and 1 inference batch a lever.
 """
 
 from __future__ import annotations
@@ -301,8 +302,9 @@ def _variant(fmt, lesson_order: bool, aten_pool: bool) -> torch.nn.Module:
 
 
 def lever_rates(repeats: int, fmt=torch.channels_last, bf16: bool = True, lesson_order: bool = False,
-                aten_pool: bool = False, kernels: bool = True) -> dict:
-    """Training (batch 16) and inference (batch 64) img/s of seed-cnn, medians of `repeats`."""
+                aten_pool: bool = False, kernels: bool = True, steps: int = 20, batches: int = 5) -> dict:
+    """Training (batch 16, `steps` timed) and inference (batch 64, `batches` timed) img/s of seed-cnn,
+    medians of `repeats`."""
     from cxrlab.accel import kernels as cpu_kernels
 
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -315,7 +317,7 @@ def lever_rates(repeats: int, fmt=torch.channels_last, bf16: bool = True, lesson
         opt = adam(model.parameters(), CPU)
         x, y = torch.randn(16, 1, 256, 256).contiguous(memory_format=fmt), torch.randint(0, 2, (16,)).float()
         t = None
-        for i in range(23):
+        for i in range(steps + 3):
             if i == 3:
                 t = time.perf_counter()
             opt.zero_grad(set_to_none=True)
@@ -323,22 +325,25 @@ def lever_rates(repeats: int, fmt=torch.channels_last, bf16: bool = True, lesson
                 out = model(x).float().reshape(-1)
             torch.nn.functional.binary_cross_entropy_with_logits(out, y).backward()
             opt.step()
-        train_rates.append(16 * 20 / (time.perf_counter() - t))
+        train_rates.append(16 * steps / (time.perf_counter() - t))
         model.eval()
         xb = torch.randn(64, 1, 256, 256).contiguous(memory_format=fmt)
         with torch.no_grad(), ctx():
             model(xb)
             t = time.perf_counter()
-            for _ in range(5):
+            for _ in range(batches):
                 model(xb)
-        infer_rates.append(64 * 5 / (time.perf_counter() - t))
+        infer_rates.append(64 * batches / (time.perf_counter() - t))
     cpu_kernels._state["lib"] = lib
     return {"train": median(train_rates), "infer": median(infer_rates)}
 
 
-def levers(repeats: int) -> None:
+def levers(repeats: int, smoke: bool = False) -> None:
     """cxrlab's levers on seed-cnn, each undone alone from the full set (the reference is not involved).
-    The malloc lever is process-wide, so its row runs in a child process with CXRLAB_MALLOC=system."""
+    The malloc lever is process-wide, so its row runs in a child process with CXRLAB_MALLOC=system.
+    smoke: 2 training steps and 1 inference batch a row (CI keeps the table working; on a CPU without native
+    bf16 the bf16 rows are emulated and 20 steps took minutes). cxrlab itself uses bf16 only where it is native."""
+    steps = {"steps": 2, "batches": 1} if smoke else {}
     rows = {"all of cxrlab's levers (channels_last, bf16, pool before ReLU, inference pooling, malloc, "
             "CPU kernels)": {},
             "- CPU kernels (fused first block, fused max-pool; CXRLAB_KERNELS=aten)": {"kernels": False},
@@ -350,9 +355,10 @@ def levers(repeats: int) -> None:
             "- inference pooling and the CPU kernels (ATen's max_pool2d everywhere)": {"aten_pool": True}}
     print("| seed-cnn, 256 px | train img/s (batch 16) | inference img/s (batch 64) |\n|---|---|---|")
     for name, kw in rows.items():
-        r = lever_rates(repeats, **kw)
+        r = lever_rates(repeats, **kw, **steps)
         print(f"| {name} | {r['train']:.0f} | {r['infer']:.0f} |", flush=True)
-    out = subprocess.run([sys.executable, __file__, "--lever-row", "--repeats", str(repeats)], capture_output=True,
+    out = subprocess.run([sys.executable, __file__, "--lever-row", "--repeats", str(repeats),
+                          *(["--smoke"] if smoke else [])], capture_output=True,
                          text=True, check=True, env={**os.environ, "CXRLAB_MALLOC": "system"}).stdout
     r = json.loads(out.strip().splitlines()[-1])
     print(f"| - malloc keeps large buffers (system malloc) | {r['train']:.0f} | {r['infer']:.0f} |", flush=True)
@@ -380,10 +386,10 @@ def main() -> int:
     if args.probe_source:
         return memory_probe(args)
     if args.lever_row:
-        print(json.dumps(lever_rates(args.repeats)))
+        print(json.dumps(lever_rates(args.repeats, **({"steps": 2, "batches": 1} if args.smoke else {}))))
         return 0
     if args.levers:
-        levers(args.repeats)
+        levers(args.repeats, args.smoke)
         return 0
     rows = args.rows.split(",")
     ref_python = None if args.no_reference else args.reference_python

@@ -40,7 +40,7 @@ def test_speed_benchmark_smoke_runs_both_sides(tmp_path):
 
 @pytest.mark.slow
 def test_speed_levers_table_has_every_lever():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--levers", "--repeats", "1"],
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--levers", "--smoke", "--repeats", "1"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "img/s" not in line]
