@@ -148,4 +148,3 @@ def call_rate_cis(y: np.ndarray, score: np.ndarray, patients: np.ndarray, thresh
             low, high = float(exact.low), float(exact.high)
         cis[name] = (low, high)
     return cis
-
