@@ -301,6 +301,9 @@ def _variant(fmt, lesson_order: bool, aten_pool: bool) -> torch.nn.Module:
     return model.to(memory_format=fmt)
 
 
+LEVER_SMOKE = {"steps": 2, "batches": 1}  # --levers --smoke: enough to keep the table working (CI)
+
+
 def lever_rates(repeats: int, fmt=torch.channels_last, bf16: bool = True, lesson_order: bool = False,
                 aten_pool: bool = False, kernels: bool = True, steps: int = 20, batches: int = 5) -> dict:
     """Training (batch 16, `steps` timed) and inference (batch 64, `batches` timed) img/s of seed-cnn,
@@ -343,7 +346,7 @@ def levers(repeats: int, smoke: bool = False) -> None:
     The malloc lever is process-wide, so its row runs in a child process with CXRLAB_MALLOC=system.
     smoke: 2 training steps and 1 inference batch a row (CI keeps the table working; on a CPU without native
     bf16 the bf16 rows are emulated and 20 steps took minutes). cxrlab itself uses bf16 only where it is native."""
-    steps = {"steps": 2, "batches": 1} if smoke else {}
+    steps = LEVER_SMOKE if smoke else {}
     rows = {"all of cxrlab's levers (channels_last, bf16, pool before ReLU, inference pooling, malloc, "
             "CPU kernels)": {},
             "- CPU kernels (fused first block, fused max-pool; CXRLAB_KERNELS=aten)": {"kernels": False},
@@ -386,7 +389,7 @@ def main() -> int:
     if args.probe_source:
         return memory_probe(args)
     if args.lever_row:
-        print(json.dumps(lever_rates(args.repeats, **({"steps": 2, "batches": 1} if args.smoke else {}))))
+        print(json.dumps(lever_rates(args.repeats, **(LEVER_SMOKE if args.smoke else {}))))
         return 0
     if args.levers:
         levers(args.repeats, args.smoke)

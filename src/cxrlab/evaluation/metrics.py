@@ -143,7 +143,7 @@ def call_rate_cis(y: np.ndarray, score: np.ndarray, patients: np.ndarray, thresh
     for name, metric, cls in (("sensitivity", sensitivity_at(threshold), 1), ("specificity", specificity_at(threshold), 0)):
         point, low, high = bootstrap_ci(y, score, patients, metric, n_resamples, seed, level, weights)
         n = len(np.unique(patients[y == cls]))
-        if point in (0.0, 1.0) and low == high and n:
+        if point in (0.0, 1.0) and n:  # then every resample agrees: low == high
             exact = binomtest(int(point) * n, n).proportion_ci(level, method="exact")
             low, high = float(exact.low), float(exact.high)
         cis[name] = (low, high)

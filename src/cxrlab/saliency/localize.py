@@ -70,9 +70,10 @@ def energy_in_box(cam: np.ndarray, box) -> float:
     Score-CAM). Unlike the peak it does not jump a whole feature cell when two cells are nearly equal,
     as on coarse maps upsampled from 4 x 4 or 8 x 8."""
     x, y, w, h = box
-    total = float(np.clip(cam, 0, None).sum())
-    inside = np.clip(cam[max(0, int(y)):int(np.ceil(y + h)), max(0, int(x)):int(np.ceil(x + w))], 0, None).sum()
-    return float(inside) / total if total > 0 else 0.0
+    cam = np.clip(cam, 0, None)
+    total = float(cam.sum())
+    inside = float(cam[max(0, int(y)):int(np.ceil(y + h)), max(0, int(x)):int(np.ceil(x + w))].sum())
+    return inside / total if total > 0 else 0.0
 
 
 def heatmap_box(cam: np.ndarray, level: float = 0.5):
