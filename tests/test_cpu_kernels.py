@@ -81,6 +81,29 @@ def test_fused_first_block_fp32_equals_conv_pool_relu(k, relu, size):
 
 
 @needs_kernel
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_first_block_channel_and_column_kernels_give_the_same_bits(k, bf16):
+    """8 output channels run the channel-vectorised kernel, 9 the column-vectorised one: the first 8 channels
+    of a 9-channel convolution are the 8-channel one's, bit for bit, with the same argmax (so gradients)."""
+    torch.manual_seed(1)
+    nine = torch.nn.Conv2d(1, 9, k, padding="same")
+    eight = torch.nn.Conv2d(1, 8, k, padding="same")
+    with torch.no_grad():
+        eight.weight.copy_(nine.weight[:8]), eight.bias.copy_(nine.bias[:8])
+    x = torch.randn(3, 1, 21, 30)
+    x[0, 0, :4] = float("nan")  # NaN windows keep ATen's semantics in both
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        y8, y9 = cpu_kernels.conv1_pool(x, eight, True), cpu_kernels.conv1_pool(x, nine, True)
+    assert torch.equal(y8.float().nan_to_num(7.0), y9[:, :8].float().nan_to_num(7.0))
+    g = torch.randn(y9.shape)
+    grads8 = torch.autograd.grad(y8.float(), [eight.weight, eight.bias], g[:, :8].nan_to_num(0))
+    grads9 = torch.autograd.grad(y9.float(), [nine.weight, nine.bias], g.nan_to_num(0))
+    for a, b in zip(grads8, grads9):
+        torch.testing.assert_close(a, b[:8], rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+@needs_kernel
 @pytest.mark.parametrize("relu", [False, True])
 def test_fused_first_block_bf16_matches_autocast_and_has_exact_gradients(relu):
     """Under bf16 autocast the output equals PyTorch's bit for bit; the weight gradients, accumulated in

@@ -282,6 +282,79 @@ void conv_pool_forward(const float* x, const float* wt, const float* bias, void*
     }
 }
 
+// The same forward with the output channels in the lanes, for O a multiple of 8 (seed-cnn's 8): each group
+// of 8 channels holds its K*K weight vectors in registers, each tap is one broadcast of an input pixel, and a
+// pixel's 8 channels are one contiguous store in the channels_last output. The column-vectorised kernel above
+// keeps (K + 1)^2 input vectors live, more than AVX2's 16 registers, and stores each channel lane by lane: this
+// one was 46 against 5 ms for 72 images at 256 px on an AVX2 EPYC (BENCHMARKS.md, session 17). Each output value
+// is the same operations in the same order (bias, then the taps row by row as fused multiply-adds, then the
+// window's first maximum), so the two give the same bits (tests).
+template <int K>
+void conv_pool_forward_channels(const float* x, const float* wt, const float* bias, void* y, uint8_t* code,
+                                int64_t n, int64_t h, int64_t w, int64_t out, int bf16, int relu, int threads) {
+    constexpr int pad = K / 2, taps = K * K;
+    const int64_t oh = h / 2, ow_count = w / 2, pw = w + 2 * pad + 2;  // a padded row, room for an odd width
+    float* wtap = new float[taps * out];  // weights by tap, then channel: a tap's 8 channels are one load
+    for (int64_t o = 0; o < out; ++o)
+        for (int t = 0; t < taps; ++t) wtap[t * out + o] = wt[o * taps + t];
+#pragma omp parallel num_threads(threads)
+    {
+        float* rows = new float[(K + 1) * pw];  // input rows 2i - pad ... 2i + 1 + pad, zero-padded
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n * oh; ++r) {
+            const float* img = x + (r / oh) * h * w;
+            for (int t = 0; t < K + 1; ++t) {
+                float* dst = rows + t * pw;
+                const int64_t src = 2 * (r % oh) - pad + t;
+                for (int64_t j = 0; j < pw; ++j) dst[j] = 0.f;
+                if (src < 0 || src >= h) continue;
+                const float* row = img + src * w;
+                if (bf16) {
+                    for (int64_t j = 0; j < w; ++j) dst[pad + j] = round_to_bf16(row[j]);
+                } else {
+                    std::memcpy(dst + pad, row, w * sizeof(float));
+                }
+            }
+            for (int64_t g = 0; g < out; g += kLanes) {
+                v8 wv[taps];
+                for (int t = 0; t < taps; ++t) wv[t] = load8(wtap + t * out + g);
+                const v8 b = load8(bias + g);
+                for (int64_t ow = 0; ow < ow_count; ++ow) {
+                    v8 best = splat(0.f);
+                    v8i arg = v8i{};
+                    for (int q = 0; q < 4; ++q) {
+                        const float* at = rows + (q >> 1) * pw + 2 * ow + (q & 1);
+                        v8 acc = b;
+                        for (int ky = 0; ky < K; ++ky)
+                            for (int kx = 0; kx < K; ++kx) acc += splat(at[ky * pw + kx]) * wv[ky * K + kx];
+                        const v8i take = q == 0 ? v8i{} - 1 : ((acc > best) | (acc != acc));
+                        best = take ? acc : best;
+                        arg = take ? v8i{} + q : arg;
+                    }
+                    if (bf16) best = round_to_bf16(best);
+                    if (relu) {
+                        const v8i positive = best > 0.f;
+                        best = (positive | (best != best)) ? best : splat(0.f);
+                        arg = positive ? arg : v8i{} + 4;
+                    }
+                    const int64_t at = (r * ow_count + ow) * out + g;
+                    if (bf16) {
+                        v8i bits;
+                        std::memcpy(&bits, &best, sizeof bits);
+                        uint16_t* dst = static_cast<uint16_t*>(y) + at;
+                        for (int l = 0; l < kLanes; ++l) dst[l] = static_cast<uint16_t>(static_cast<uint32_t>(bits[l]) >> 16);
+                    } else {
+                        std::memcpy(static_cast<float*>(y) + at, &best, sizeof best);
+                    }
+                    for (int l = 0; l < kLanes; ++l) code[at + l] = static_cast<uint8_t>(arg[l]);
+                }
+            }
+        }
+        delete[] rows;
+    }
+    delete[] wtap;
+}
+
 // gy: (N, H/2, W/2, O) bf16 bits or fp32; gw: (O, K*K) and gb: (O) fp32, overwritten
 template <int K>
 void conv_pool_backward(const float* x, const void* gy, const uint8_t* code, float* gw, float* gb, int64_t n,
@@ -666,6 +739,11 @@ extern "C" {
 // kernel sizes 3 and 5; returns 1 for others
 int cxr_conv1_pool_forward(const float* x, const float* wt, const float* bias, void* y, uint8_t* code, int k,
                            int out, int64_t n, int64_t h, int64_t w, int bf16, int relu, int threads) {
+    if (out % kLanes == 0) {
+        if (k == 3) return conv_pool_forward_channels<3>(x, wt, bias, y, code, n, h, w, out, bf16, relu, threads), 0;
+        if (k == 5) return conv_pool_forward_channels<5>(x, wt, bias, y, code, n, h, w, out, bf16, relu, threads), 0;
+        return 1;
+    }
     if (k == 3) return conv_pool_forward<3>(x, wt, bias, y, code, n, h, w, out, bf16, relu, threads), 0;
     if (k == 5) return conv_pool_forward<5>(x, wt, bias, y, code, n, h, w, out, bf16, relu, threads), 0;
     return 1;
