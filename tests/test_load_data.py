@@ -110,6 +110,18 @@ def test_hflip_warns():
         build_augment(AugmentConfig(enabled=True, hflip=True))
 
 
+@pytest.mark.parametrize("size", [256, 300])
+def test_standardizing_whole_values_sums_them_exactly(size):
+    """uint8 images take the float32 sum where it is exact (every partial sum below 2^24): the same bits as the
+    float64 sum, including saturated images; larger images take the float64 sum."""
+    from cxrlab.data.preprocess import _standardize
+
+    batch = torch.from_numpy(np.random.default_rng(size).integers(0, 256, (4, 1, size, size), dtype=np.uint8))
+    batch[0] = 255
+    batch[1, :, : size // 2] = 0
+    assert torch.equal(normalize(batch, "standardize"), _standardize(batch.float(), whole=False))
+
+
 def test_config_yaml_round_trip_and_unknown_keys(tmp_path):
     from cxrlab.config import load_yaml, save_yaml
 

@@ -68,19 +68,20 @@ class BatchAugment:
         return out[0] if single else out
 
 
-def _affine(x: torch.Tensor, p: dict) -> torch.Tensor:
+def _affine(x: torch.Tensor, p: dict, bmm: bool = False) -> torch.Tensor:
     """torchvision's affine_image (nearest, fill 0) with each image's own matrix, as one grid_sample; the
-    result as floats holding whole values 0-255 (what torchvision rounds and casts to uint8)."""
+    result as floats holding whole values 0-255 (what torchvision rounds and casts to uint8). bmm: the grid
+    by torchvision's bmm (`_affine_grid`)."""
     n, _, h, w = x.shape
     theta = torch.tensor([_inverse_affine(float(p["angle"][i]), float(p["tx"][i]), float(p["ty"][i]),
                                           float(p["scale"][i]), float(p["shear"][i])) for i in range(n)],
                          dtype=torch.float32)
-    grid = _affine_grid(theta, h, w)
+    grid = _affine_grid(theta, h, w, bmm)
     out = torch.nn.functional.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out.round_()  # fill 0 is grid_sample's zero padding
 
 
-def _affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def _affine_grid(theta: torch.Tensor, h: int, w: int, bmm: bool = False) -> torch.Tensor:
     """torchvision's _affine_grid for N images at once (N x 6 float32 inverse matrices -> the N x H x W x 2
     sampling grid): its base grid of pixel centres (x, y, 1) times each matrix rescaled to grid_sample's [-1, 1],
     (x * a + y * b) + t per coordinate. torchvision multiplies them with bmm; here they are those float32
@@ -91,7 +92,11 @@ def _affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
     n = len(theta)
     xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w).view(1, 1, 1, w)
     ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h).view(1, 1, h, 1)
-    a, b, t = theta.view(n, 2, 3).transpose(1, 2).div(torch.tensor([0.5 * w, 0.5 * h])).unbind(1)
+    rescaled = theta.view(n, 2, 3).transpose(1, 2).div(torch.tensor([0.5 * w, 0.5 * h]))
+    if bmm:  # torchvision's own call, so its rounding on any CPU: for grids made once (the test-time views)
+        base = torch.stack([xs.expand(1, 1, h, w), ys.expand(1, 1, h, w), torch.ones(1, 1, h, w)], -1)
+        return base.view(1, h * w, 3).expand(n, -1, -1).bmm(rescaled).view(n, h, w, 2)
+    a, b, t = rescaled.unbind(1)
     grid = torch.add(xs * a.reshape(n, 2, 1, 1), ys * b.reshape(n, 2, 1, 1)).add_(t.reshape(n, 2, 1, 1))
     return grid.permute(0, 2, 3, 1)
 
@@ -179,13 +184,6 @@ def _view_params(views: tuple[View, ...], height: int, width: int) -> dict:
             "ty": column(round(v.translate[1] * height) for v in views), "shear": column(v.shear for v in views)}
 
 
-def _contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """torchvision's adjust_contrast of uint8 one-channel images, its operations in its order: each image
-    blended with its mean, clamped, truncated to uint8."""
-    mean = x.to(torch.float32).mean(dim=(-3, -2, -1), keepdim=True)
-    return x.mul(float(factor)).add_(mean, alpha=1.0 - float(factor)).clamp_(0, 255).to(torch.uint8)
-
-
 @functools.lru_cache(maxsize=16)
 def _view_maps(views: tuple[View, ...], height: int, width: int) -> torch.Tensor:
     """Where each output pixel of each view comes from: len(views) * H * W numbers, 1 + the source pixel's
@@ -195,7 +193,7 @@ def _view_maps(views: tuple[View, ...], height: int, width: int) -> torch.Tensor
     rows = torch.arange(1, height + 1, dtype=torch.float32).view(height, 1).expand(height, width)
     cols = torch.arange(1, width + 1, dtype=torch.float32).view(1, width).expand(height, width)
     coords = torch.stack([rows, cols])[None].expand(len(views), 2, height, width)  # one copy per view
-    r, c = _affine(coords, _view_params(views, height, width)).long().unbind(1)
+    r, c = _affine(coords, _view_params(views, height, width), bmm=True).long().unbind(1)
     return torch.where(r > 0, (r - 1) * width + c, 0).view(-1)  # a fill pixel has row and column 0
 
 
@@ -203,25 +201,36 @@ def with_views(batch: torch.Tensor, views: list[View]) -> torch.Tensor:
     """uint8 N x 1 x H x W -> (1 + len(views)) * N images: the batch itself, then each view of it:
     torchvision's affine, brightness and contrast (and flip), bit for bit (tests).
 
-    The geometry of every view is one gather through fixed maps (`_view_maps`) instead of torchvision's
+    The geometry of every view is a gather through fixed maps (`_view_maps`) instead of torchvision's
     affine per view, whose many small operations per call took 39% of a server's batch under load against
-    20% alone (BENCHMARKS.md, session 13). Brightness is one multiply for all views; contrast (torchvision's
-    arithmetic, `_contrast`) runs per view, because its blend depends on each image's mean."""
+    20% alone (BENCHMARKS.md, session 13). The colour is torchvision's uint8 arithmetic on floats holding whole
+    values (x * b, clamped and truncated; then x * c + mean * (1 - c), clamped and truncated), for all views at
+    once: per view, with uint8 round trips, it was 26 ms of 8 images' 72 views, more than half the forward
+    pass (BENCHMARKS.md, session 17)."""
     if not views:
         return batch
     n, c, h, w = batch.shape
     if c != 1:
         raise ValueError(f"test-time views take one-channel uint8 batches, got {c} channels")
-    # pixels as rows of the batch's N x C values, a zero row first for the fill: each map entry copies a row
-    rows = torch.cat([batch.new_zeros(1, n * c), batch.reshape(n * c, h * w).t()])
-    moved = rows.index_select(0, _view_maps(tuple(views), h, w)).view(len(views), h, w, n, c).permute(0, 3, 4, 1, 2)
-    brightness = torch.tensor([v.brightness for v in views], dtype=torch.float32).view(-1, 1, 1, 1, 1)
-    moved = moved.float().mul_(brightness).clamp_(0, 255).to(torch.uint8)  # F.adjust_brightness, every view at once
-    out = [batch]
-    for v, x in zip(views, moved):
-        x = _contrast(x, v.contrast)
-        out.append(x.flip(-1) if v.flip else x)
-    return torch.cat(out)
+    k = len(views)
+    maps = _view_maps(tuple(views), h, w).view(k, h * w)
+    padded = torch.cat([batch.new_zeros(n, 1), batch.reshape(n, h * w)], 1)  # index 0: torchvision's fill
+    # view, image, pixel
+    x = torch.gather(padded.expand(k, n, h * w + 1), 2, maps.view(k, 1, h * w).expand(k, n, h * w))
+
+    def per_view(values) -> torch.Tensor:
+        return torch.tensor(list(values), dtype=torch.float32).view(k, 1, 1)
+
+    x = torch.mul(x, per_view(v.brightness for v in views)).clamp_(0, 255).floor_()  # F.adjust_brightness
+    mean = x.mean(dim=-1, keepdim=True)  # F.adjust_contrast: each view of each image with its mean
+    x = x.mul_(per_view(v.contrast for v in views)).add_(mean.mul_(per_view(1.0 - v.contrast for v in views)))
+    out = torch.empty((1 + k) * n, 1, h, w, dtype=torch.uint8)
+    out[:n] = batch
+    out[n:].view(k, n, h * w).copy_(x.clamp_(0, 255).to(torch.int32))  # int32 truncates, as uint8 does
+    for v, view in enumerate(views):
+        if view.flip:
+            out[(1 + v) * n:(2 + v) * n] = out[(1 + v) * n:(2 + v) * n].flip(-1)
+    return out
 
 
 def mean_over_views(values: torch.Tensor, views: int) -> torch.Tensor:
