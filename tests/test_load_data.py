@@ -156,10 +156,9 @@ def _torchvision_color_and_flip(image, p, i):
 def _nearest_ties(p, i, h, w, tol=1e-3):
     """Output pixels of image i whose source position, in exact arithmetic, lies within `tol` pixels of a
     nearest-neighbour tie (half-way between two source pixels)."""
-    from cxrlab.data.augment import _inverse_affine
+    from cxrlab.data.augment import image_matrix
 
-    m = np.float32(_inverse_affine(float(p["angle"][i]), float(p["tx"][i]), float(p["ty"][i]),
-                                   float(p["scale"][i]), float(p["shear"][i]))).astype(np.float64)
+    m = np.float32(image_matrix(p, i)).astype(np.float64)
     x, y = np.meshgrid(np.arange(w) - (w - 1) / 2, np.arange(h) - (h - 1) / 2)
     col, row = m[0] * x + m[1] * y + m[2] + (w - 1) / 2, m[3] * x + m[4] * y + m[5] + (h - 1) / 2
     tie = (np.abs(col % 1 - 0.5) < tol) | (np.abs(row % 1 - 0.5) < tol)

@@ -170,6 +170,24 @@ inline float round_to_bf16(float f) {
     return f;
 }
 
+// A 2x2 window's running maximum over its positions q = 0..3 (the first maximum wins a tie, a NaN wins), then
+// the bf16 rounding and the ReLU (code 4: cut, no gradient) that close it: both first-block kernels' epilogue.
+inline void window_max(v8 acc, int q, v8& best, v8i& arg) {
+    const v8i take = q == 0 ? v8i{} - 1 : ((acc > best) | (acc != acc));
+    best = take ? acc : best;
+    arg = take ? v8i{} + q : arg;
+}
+inline void close_window(v8& best, v8i& arg, int bf16, int relu) {
+    // bf16 output rounded once, after the max: rounding is monotone, so the maximum is the same as autocast's;
+    // only which of two values that round alike wins can differ
+    if (bf16) best = round_to_bf16(best);
+    if (relu) {  // ReLU(x) = x if x > 0 (NaN stays NaN), else 0
+        const v8i positive = best > 0.f;
+        best = (positive | (best != best)) ? best : splat(0.f);
+        arg = positive ? arg : v8i{} + 4;
+    }
+}
+
 // Rows 2*i - pad ... 2*i + 1 + pad of one image (K + 1 rows), zero-padded by `pad` columns on each side
 // and split into even and odd columns: the tap at padded column 2*ow + s of row t is then
 // cols[(t * 2 + (s & 1)) * half + ow + (s >> 1)], contiguous in ow. With bf16 the image is rounded to
@@ -252,18 +270,9 @@ void conv_pool_forward(const float* x, const float* wt, const float* bias, void*
                     v8 acc = splat(bias[o]);
                     for (int ky = 0; ky < K; ++ky)
                         for (int kx = 0; kx < K; ++kx) acc += splat(wo[ky * K + kx]) * in[dy + ky][dx + kx];
-                    const v8i take = q == 0 ? v8i{} - 1 : ((acc > best) | (acc != acc));
-                    best = take ? acc : best;
-                    arg = take ? v8i{} + q : arg;
+                    window_max(acc, q, best, arg);
                 }
-                // bf16 output rounded once, after the max: rounding is monotone, so the maximum is the same
-                // as autocast's; only which of two values that round alike wins can differ
-                if (bf16) best = round_to_bf16(best);
-                if (relu) {  // ReLU(x) = x if x > 0 (NaN stays NaN), else 0; code 4: no gradient
-                    const v8i positive = best > 0.f;
-                    best = (positive | (best != best)) ? best : splat(0.f);
-                    arg = positive ? arg : v8i{} + 4;
-                }
+                close_window(best, arg, bf16, relu);
                 const int64_t at = (r * ow_count + j0) * out + o;
                 for (int l = 0; l < lanes; ++l) {
                     if (bf16) {
@@ -280,79 +289,6 @@ void conv_pool_forward(const float* x, const float* wt, const float* bias, void*
         for_each_block<K>(x, n, h, w, bf16, cols, block, [] {});
         delete[] cols;
     }
-}
-
-// The same forward with the output channels in the lanes, for O a multiple of 8 (seed-cnn's 8): each group
-// of 8 channels holds its K*K weight vectors in registers, each tap is one broadcast of an input pixel, and a
-// pixel's 8 channels are one contiguous store in the channels_last output. The column-vectorised kernel above
-// keeps (K + 1)^2 input vectors live, more than AVX2's 16 registers, and stores each channel lane by lane: this
-// one was 46 against 5 ms for 72 images at 256 px on an AVX2 EPYC (BENCHMARKS.md, session 17). Each output value
-// is the same operations in the same order (bias, then the taps row by row as fused multiply-adds, then the
-// window's first maximum), so the two give the same bits (tests).
-template <int K>
-void conv_pool_forward_channels(const float* x, const float* wt, const float* bias, void* y, uint8_t* code,
-                                int64_t n, int64_t h, int64_t w, int64_t out, int bf16, int relu, int threads) {
-    constexpr int pad = K / 2, taps = K * K;
-    const int64_t oh = h / 2, ow_count = w / 2, pw = w + 2 * pad + 2;  // a padded row, room for an odd width
-    float* wtap = new float[taps * out];  // weights by tap, then channel: a tap's 8 channels are one load
-    for (int64_t o = 0; o < out; ++o)
-        for (int t = 0; t < taps; ++t) wtap[t * out + o] = wt[o * taps + t];
-#pragma omp parallel num_threads(threads)
-    {
-        float* rows = new float[(K + 1) * pw];  // input rows 2i - pad ... 2i + 1 + pad, zero-padded
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < n * oh; ++r) {
-            const float* img = x + (r / oh) * h * w;
-            for (int t = 0; t < K + 1; ++t) {
-                float* dst = rows + t * pw;
-                const int64_t src = 2 * (r % oh) - pad + t;
-                for (int64_t j = 0; j < pw; ++j) dst[j] = 0.f;
-                if (src < 0 || src >= h) continue;
-                const float* row = img + src * w;
-                if (bf16) {
-                    for (int64_t j = 0; j < w; ++j) dst[pad + j] = round_to_bf16(row[j]);
-                } else {
-                    std::memcpy(dst + pad, row, w * sizeof(float));
-                }
-            }
-            for (int64_t g = 0; g < out; g += kLanes) {
-                v8 wv[taps];
-                for (int t = 0; t < taps; ++t) wv[t] = load8(wtap + t * out + g);
-                const v8 b = load8(bias + g);
-                for (int64_t ow = 0; ow < ow_count; ++ow) {
-                    v8 best = splat(0.f);
-                    v8i arg = v8i{};
-                    for (int q = 0; q < 4; ++q) {
-                        const float* at = rows + (q >> 1) * pw + 2 * ow + (q & 1);
-                        v8 acc = b;
-                        for (int ky = 0; ky < K; ++ky)
-                            for (int kx = 0; kx < K; ++kx) acc += splat(at[ky * pw + kx]) * wv[ky * K + kx];
-                        const v8i take = q == 0 ? v8i{} - 1 : ((acc > best) | (acc != acc));
-                        best = take ? acc : best;
-                        arg = take ? v8i{} + q : arg;
-                    }
-                    if (bf16) best = round_to_bf16(best);
-                    if (relu) {
-                        const v8i positive = best > 0.f;
-                        best = (positive | (best != best)) ? best : splat(0.f);
-                        arg = positive ? arg : v8i{} + 4;
-                    }
-                    const int64_t at = (r * ow_count + ow) * out + g;
-                    if (bf16) {
-                        v8i bits;
-                        std::memcpy(&bits, &best, sizeof bits);
-                        uint16_t* dst = static_cast<uint16_t*>(y) + at;
-                        for (int l = 0; l < kLanes; ++l) dst[l] = static_cast<uint16_t>(static_cast<uint32_t>(bits[l]) >> 16);
-                    } else {
-                        std::memcpy(static_cast<float*>(y) + at, &best, sizeof best);
-                    }
-                    for (int l = 0; l < kLanes; ++l) code[at + l] = static_cast<uint8_t>(arg[l]);
-                }
-            }
-        }
-        delete[] rows;
-    }
-    delete[] wtap;
 }
 
 // gy: (N, H/2, W/2, O) bf16 bits or fp32; gw: (O, K*K) and gb: (O) fp32, overwritten
@@ -543,6 +479,68 @@ inline void store_lanes(uint16_t* p, v8 v, int lanes) {
 }
 inline v8i load_code(const uint8_t* p, int lanes) { return __builtin_convertvector(load_partial<v8b>(p, lanes), v8i); }
 inline void store_code(uint8_t* p, v8i code, int lanes) { store_partial(p, __builtin_convertvector(code, v8b), lanes); }
+
+// The first block's forward with the output channels in the lanes, for O a multiple of 8 (seed-cnn's 8): each group
+// of 8 channels holds its K*K weight vectors in registers, each tap is one broadcast of an input pixel, and a
+// pixel's 8 channels are one contiguous store in the channels_last output. The column-vectorised conv_pool_forward
+// keeps (K + 1)^2 input vectors live, more than AVX2's 16 registers, and stores each channel lane by lane: this
+// one took 13 against 23 ms for 72 images at 256 px on an AVX2 EPYC (BENCHMARKS.md, session 17). Each output
+// value is the same operations in the same order (bias, then the taps row by row as fused multiply-adds, then the
+// window's first maximum), so the two give the same bits (tests).
+template <int K>
+void conv_pool_forward_channels(const float* x, const float* wt, const float* bias, void* y, uint8_t* code,
+                                int64_t n, int64_t h, int64_t w, int64_t out, int bf16, int relu, int threads) {
+    constexpr int pad = K / 2, taps = K * K;
+    const int64_t oh = h / 2, ow_count = w / 2, pw = w + 2 * pad + 2;  // a padded row, room for an odd width
+    float* wtap = new float[taps * out];  // weights by tap, then channel: a tap's 8 channels are one load
+    for (int64_t o = 0; o < out; ++o)
+        for (int t = 0; t < taps; ++t) wtap[t * out + o] = wt[o * taps + t];
+#pragma omp parallel num_threads(threads)
+    {
+        float* rows = new float[(K + 1) * pw];  // input rows 2i - pad ... 2i + 1 + pad, zero-padded
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n * oh; ++r) {
+            const float* img = x + (r / oh) * h * w;
+            for (int t = 0; t < K + 1; ++t) {
+                float* dst = rows + t * pw;
+                const int64_t src = 2 * (r % oh) - pad + t;
+                for (int64_t j = 0; j < pw; ++j) dst[j] = 0.f;
+                if (src < 0 || src >= h) continue;
+                const float* row = img + src * w;
+                if (bf16) {
+                    for (int64_t j = 0; j < w; ++j) dst[pad + j] = round_to_bf16(row[j]);
+                } else {
+                    std::memcpy(dst + pad, row, w * sizeof(float));
+                }
+            }
+            for (int64_t g = 0; g < out; g += kLanes) {
+                v8 wv[taps];
+                for (int t = 0; t < taps; ++t) wv[t] = load8(wtap + t * out + g);
+                const v8 b = load8(bias + g);
+                for (int64_t ow = 0; ow < ow_count; ++ow) {
+                    v8 best = splat(0.f);
+                    v8i arg = v8i{};
+                    for (int q = 0; q < 4; ++q) {
+                        const float* at = rows + (q >> 1) * pw + 2 * ow + (q & 1);
+                        v8 acc = b;
+                        for (int ky = 0; ky < K; ++ky)
+                            for (int kx = 0; kx < K; ++kx) acc += splat(at[ky * pw + kx]) * wv[ky * K + kx];
+                        window_max(acc, q, best, arg);
+                    }
+                    close_window(best, arg, bf16, relu);
+                    const int64_t at = (r * ow_count + ow) * out + g;
+                    if (bf16)
+                        store_lanes(static_cast<uint16_t*>(y) + at, best, kLanes);
+                    else
+                        store_lanes(static_cast<float*>(y) + at, best, kLanes);
+                    store_code(code + at, arg, kLanes);
+                }
+            }
+        }
+        delete[] rows;
+    }
+    delete[] wtap;
+}
 inline v8 select(v8i mask, v8 a, v8 b) { return mask ? a : b; }
 
 // calls f(j0, lanes) for each chunk of eight channels; with C known at compile time the chunks are unrolled
