@@ -1,3 +1,4 @@
+import math
 import os
 import signal
 import subprocess
@@ -154,6 +155,29 @@ def test_lr_patience_0_keeps_the_lesson_constant_rate(demo_dir, tmp_path, lr_pat
         assert lrs == [1e-6] * 4
     else:  # epoch 2 brought no improvement: epoch 3 runs at half the rate
         assert lrs[:2] == [1e-6, 1e-6] and lrs[2] == pytest.approx(0.5e-6)
+
+
+def test_cosine_schedule_follows_the_cosine_from_lr_to_min_lr_whatever_the_monitor_does(demo_dir, tmp_path):
+    # lr 1e-6: validation never improves after epoch 1, which would halve a plateau schedule's rate
+    run = train(config(demo_dir, tmp_path, epochs=4, lr=1e-6, min_lr=1e-8, lr_schedule="cosine", lr_patience=1,
+                       monitor="val_auc"), tmp_path / "run")
+    expected = [1e-8 + (1e-6 - 1e-8) * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)]
+    assert run.history["lr"].tolist() == pytest.approx(expected, rel=1e-9)
+
+
+def test_cosine_schedule_resumes_where_it_stopped(demo_dir, tmp_path):
+    cfg = config(demo_dir, tmp_path, epochs=4, lr_schedule="cosine")
+    full = train(cfg, tmp_path / "full")
+    train_interrupted(cfg, tmp_path / "cut")
+    resumed = train(cfg, tmp_path / "cut", resume=True)
+    assert resumed.history["lr"].tolist() == full.history["lr"].tolist()
+    full_w, cut_w = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "cut")
+    assert all(torch.allclose(full_w[k].float(), cut_w[k].float(), atol=1e-5) for k in full_w)
+
+
+def test_unknown_lr_schedule_is_refused(demo_dir, tmp_path):
+    with pytest.raises(CxrlabError, match="lr_schedule"):
+        config(demo_dir, tmp_path, lr_schedule="step")
 
 
 @pytest.mark.slow

@@ -215,6 +215,8 @@ def train(
     early_stopping: Optional[int] = typer.Option(None, help="Stop after N epochs without improvement (0: off)."),
     lr_patience: Optional[int] = typer.Option(None), lr_factor: Optional[float] = typer.Option(None),
     min_lr: Optional[float] = typer.Option(None),
+    lr_schedule: Optional[str] = typer.Option(
+        None, help="plateau (default: lr x lr-factor after lr-patience epochs without improvement) or cosine (lr to min-lr over the epochs)."),
     seed: Optional[int] = typer.Option(None), deterministic: Optional[bool] = typer.Option(None),
     shuffle_labels: Optional[bool] = typer.Option(None, help="Sanity-check runs only: permute training labels."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda, cuda:N."),
@@ -280,7 +282,7 @@ def train(
 
 _TRAIN_FLAGS = {"positive", "findings", "images", "split_file", "model", "pretrained", "weights", "allow_partial_weights", "init_from",
                 "trainable_blocks", "epochs", "max_train_images", "min_epoch_images", "batch_size", "lr", "weight_decay", "grad_clip", "ema_decay",
-                "dropout", "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "seed", "shuffle_labels",
+                "dropout", "class_weights", "monitor", "early_stopping", "lr_patience", "lr_factor", "min_lr", "lr_schedule", "seed", "shuffle_labels",
                 "deterministic", "device", "precision", "workers", "decode_workers", "devices", "finetune_epochs", "finetune_blocks",
                 "finetune_lr_factor", "cache_features", "image_size", "normalization", "augment", "tta",
                 "split_scheme", "split_seed", "val_fraction", "test_fraction", "val_policy", "on_bad_image", "cache_dir",

@@ -97,7 +97,7 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
 
 # keys added to TrainConfig after runs were written without them, with the value those runs trained with:
 # a run's own config.yaml (resume, RunDir.read_config) keeps it; a new run from --config gets today's default
-RUN_KEYS_ADDED = {"min_epoch_images": 0}
+RUN_KEYS_ADDED = {"min_epoch_images": 0, "lr_schedule": "plateau"}
 
 
 def load_yaml(cls, path: str | Path, absent: dict | None = None):
@@ -128,6 +128,7 @@ def load_yaml(cls, path: str | Path, absent: dict | None = None):
 
 
 MONITORS = ("val_loss", "val_auc")
+LR_SCHEDULES = ("plateau", "cosine")
 LESSON_LR = 1e-3  # the lesson's Adam rate; its recipe (demo, benchmarks, tests) pins it
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -190,6 +191,9 @@ class TrainConfig:
     lr_patience: int = 3
     lr_factor: float = 0.5
     min_lr: float = 1e-6
+    # plateau: lr x lr_factor after lr_patience epochs without improvement (ReduceLROnPlateau);
+    # cosine: from lr down to min_lr over each phase's epochs, whatever the monitor does (CosineAnnealingLR)
+    lr_schedule: str = "plateau"
     # test-time augmentation: scores average the plain image and this many fixed views within the
     # augmentation ranges (evaluation, predict, serve); runs trained without augmentation use none
     tta: int = 8
@@ -232,6 +236,7 @@ class TrainConfig:
             self.data.normalization = "xrv"
         _check_choice("monitor", self.monitor, MONITORS)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if int(self.min_epoch_images) < 0:
             raise ConfigError(f"min_epoch_images must be 0 (one pass per epoch) or more, got {self.min_epoch_images}")
         if int(self.max_train_images) < 0:

@@ -193,6 +193,13 @@ def _init_from_run(model: nn.Module, run_dir: str) -> None:
                           f"({len(missing)} tensors missing, e.g. {missing[0]}); use the same --model")
 
 
+def lr_scheduler(optimizer, cfg: TrainConfig, epochs: int):
+    """The phase's learning-rate schedule (cfg.lr_schedule), stepped once an epoch; None: a constant rate."""
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=cfg.min_lr)
+    return plateau_scheduler(optimizer, cfg)
+
+
 def plateau_scheduler(optimizer, cfg: TrainConfig):
     """The learning rate x cfg.lr_factor once cfg.lr_patience epochs in a row brought no improvement
     of the monitor (improvement as the best checkpoint counts it: strictly better); None when
@@ -266,7 +273,7 @@ class _Loop:
         set_trainable_blocks(self.model, phase.trainable_blocks)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = adam(self.params, self.device, phase.lr, self.cfg.weight_decay)
-        self.scheduler = plateau_scheduler(self.optimizer, self.cfg)
+        self.scheduler = lr_scheduler(self.optimizer, self.cfg, phase.epochs)
         self.ema = None
         if self.cfg.ema_decay:  # restarted per phase, from the weights the phase starts with
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay),
@@ -395,8 +402,10 @@ class _Loop:
             st.best, st.best_epoch, st.bad_epochs = score, row["epoch"], 0
         else:
             st.bad_epochs += 1
-        if self.scheduler is not None:
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(score)
+        elif self.scheduler is not None:
+            self.scheduler.step()
         if self.ctx.main:
             try:
                 if improved:
