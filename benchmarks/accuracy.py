@@ -42,7 +42,8 @@ SEED_RECIPE = NAMED_RECIPES["lesson"]
 # (b) cxrlab's default: the TrainConfig defaults (what `cxrlab train` does with no options), scored
 # as cxrlab scores its runs (8 test-time views; `--set tta=0` for the plain image).
 DEFAULT_RECIPE: dict = {}
-RECIPES = {"seed": SEED_RECIPE, "default": DEFAULT_RECIPE}
+# (c) cxrlab's earlier default (`--recipe long`): 40 epochs, the plateau schedule
+RECIPES = {"seed": SEED_RECIPE, "default": DEFAULT_RECIPE, "long": NAMED_RECIPES["long"]}
 
 
 def training_seeds(split_seed: int, count: int) -> list[int]:

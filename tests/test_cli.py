@@ -114,8 +114,10 @@ def test_demo_runs_offline_and_is_deterministic(tmp_path):
     assert "trained seed-cnn (54,627 parameters)" in result.output and history.count("\n") == 21
     from cxrlab.config import LESSON_LR, TrainConfig, load_yaml
 
-    # the demo teaches the lesson: its rate is the lesson's 1e-3, not cxrlab's default (3e-4)
-    assert load_yaml(TrainConfig, tmp_path / "d1" / "run" / "config.yaml").lr == LESSON_LR != TrainConfig().lr
+    # the demo teaches the lesson: the lesson's constant rate of 1e-3, not cxrlab's default cosine
+    demo_cfg = load_yaml(TrainConfig, tmp_path / "d1" / "run" / "config.yaml")
+    assert demo_cfg.lr == LESSON_LR and (demo_cfg.lr_schedule, demo_cfg.lr_patience) == ("plateau", 0)
+    assert TrainConfig().lr_schedule == "cosine"
     # the demo teaches: neither trivial nor hopeless (README: 0.80-0.95), with an interval wider than zero,
     # some mistakes at the threshold, and a map that points at the effusion more often than chance
     metrics = json.loads((tmp_path / "d1" / "run" / "eval" / "test" / "metrics.json").read_text())

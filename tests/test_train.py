@@ -175,6 +175,23 @@ def test_cosine_schedule_resumes_where_it_stopped(demo_dir, tmp_path):
     assert all(torch.allclose(full_w[k].float(), cut_w[k].float(), atol=1e-5) for k in full_w)
 
 
+def test_a_run_from_before_lr_schedule_reads_as_the_plateau_it_trained_with(tmp_path):
+    from cxrlab.config import RUN_KEYS_ADDED, save_yaml
+
+    path = tmp_path / "config.yaml"
+    save_yaml(TrainConfig.recipe("long"), path)
+    path.write_text("".join(line for line in path.read_text().splitlines(True) if "lr_schedule" not in line))
+    assert load_yaml(TrainConfig, path, absent=RUN_KEYS_ADDED).lr_schedule == "plateau"  # its own run: resume
+    assert load_yaml(TrainConfig, path).lr_schedule == "cosine"  # a new run from --config: today's default
+
+
+def test_the_long_recipe_is_the_earlier_plateau_budget():
+    long, default = TrainConfig.recipe("long"), TrainConfig()
+    assert (long.lr_schedule, long.epochs, long.early_stopping, long.lr_patience, long.lr) == ("plateau", 40, 10, 3, 3e-4)
+    assert (default.lr_schedule, default.epochs, default.early_stopping, default.lr) == ("cosine", 12, 0, 1e-3)
+    assert long.model == default.model and long.data == default.data and long.tta == default.tta
+
+
 def test_unknown_lr_schedule_is_refused(demo_dir, tmp_path):
     with pytest.raises(CxrlabError, match="lr_schedule"):
         config(demo_dir, tmp_path, lr_schedule="step")

@@ -177,7 +177,8 @@ def train(
     data: Optional[Path] = typer.Argument(None, help="Training data (any layout `data summary` reads)."),
     out: Optional[Path] = typer.Option(None, help="Run directory to create (default runs/<model>)."),
     config: Optional[Path] = typer.Option(None, help="A config.yaml (e.g. RUN/config.yaml); flags override it."),
-    recipe: Optional[str] = typer.Option(None, help="Start from a named recipe: default (cxrlab's) or lesson (the "
+    recipe: Optional[str] = typer.Option(None, help="Start from a named recipe: default (cxrlab's), long (cxrlab's "
+                                         "earlier default: 40 epochs, plateau schedule, about 2x the time) or lesson (the "
                                          "lesson's: seed-cnn, lr 1e-3, 10 epochs, no augmentation...); flags override it."),
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from RUN/last.ckpt."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
@@ -203,7 +204,7 @@ def train(
         None, help="An epoch is at least this many images: smaller training sets are passed over several times "
                    "(default 400; 0: one pass)."),
     batch_size: Optional[int] = typer.Option(None),
-    lr: Optional[float] = typer.Option(None, help="Adam's learning rate (default 3e-4; the lesson's is 1e-3)."),
+    lr: Optional[float] = typer.Option(None, help="Adam's learning rate (default 1e-3, as the lesson's)."),
     weight_decay: Optional[float] = typer.Option(None),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
     ema_decay: Optional[float] = typer.Option(
@@ -216,7 +217,7 @@ def train(
     lr_patience: Optional[int] = typer.Option(None), lr_factor: Optional[float] = typer.Option(None),
     min_lr: Optional[float] = typer.Option(None),
     lr_schedule: Optional[str] = typer.Option(
-        None, help="plateau (default: lr x lr-factor after lr-patience epochs without improvement) or cosine (lr to min-lr over the epochs)."),
+        None, help="cosine (default: lr down to min-lr over the epochs) or plateau (lr x lr-factor after lr-patience epochs without improvement)."),
     seed: Optional[int] = typer.Option(None), deterministic: Optional[bool] = typer.Option(None),
     shuffle_labels: Optional[bool] = typer.Option(None, help="Sanity-check runs only: permute training labels."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda, cuda:N."),
@@ -659,7 +660,7 @@ def tune(
                                         "and storage on another machine joins the study."),
     timeout: Optional[float] = typer.Option(None, help="No new trial starts after this many seconds."),
     config: Optional[Path] = typer.Option(None, help="A config.yaml every trial starts from (default: cxrlab's default recipe)."),
-    recipe: Optional[str] = typer.Option(None, help="Start every trial from a named recipe: default or lesson."),
+    recipe: Optional[str] = typer.Option(None, help="Start every trial from a named recipe: default, long or lesson."),
     images: Optional[Path] = typer.Option(None, help="Images folder for a CSV."),
     epochs: Optional[int] = typer.Option(None, help="At most this many epochs per trial."),
     image_size: Optional[int] = typer.Option(None),
