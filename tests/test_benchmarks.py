@@ -64,3 +64,15 @@ def test_accuracy_training_seeds_start_at_the_split_seed():
 
     assert training_seeds(2, 1) == [2]  # one run per split: the runs BENCHMARKS.md recorded before
     assert training_seeds(2, 3) == [2, 1002, 2002]
+
+
+def test_accuracy_tasks_split_by_seed_and_the_demo_task_makes_its_data_set_once(tmp_path):
+    from accuracy import task_config
+
+    assert task_config("nih-effusion", 2, tmp_path, "cache").data.split_seed == 2
+    first = task_config("demo", 1, tmp_path, str(tmp_path / "cache"))
+    written = {p: p.stat().st_mtime_ns for p in Path(first.source).rglob("*.png")}
+    again = task_config("demo", 1, tmp_path, str(tmp_path / "cache"))
+    assert again.source == first.source and again.positive == "effusion" and len(written) > 200
+    assert {p: p.stat().st_mtime_ns for p in Path(again.source).rglob("*.png")} == written  # not rewritten
+    assert task_config("demo", 2, tmp_path, "cache").source != first.source  # one data set per seed
