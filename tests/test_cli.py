@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrlab.cli import app
+from cxrlab.errors import CxrlabError
 
 runner = CliRunner()
 
@@ -101,6 +102,16 @@ def test_user_error_is_one_line_exit_2(tmp_path, flat_folders):
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert "unknown label 'pneumothorax'" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("flags,named", [(["--lr-patience", "2"], "--lr-patience"),
+                                         (["--lr-factor", "0.3", "--lr-patience", "1"], "--lr-patience and --lr-factor")])
+def test_plateau_flags_for_a_cosine_run_are_refused_not_ignored(tmp_path, flat_folders, flags, named):
+    result = runner.invoke(app, ["train", str(flat_folders), "--out", str(tmp_path / "run"), *flags])
+    # a CxrlabError: cli.main prints it as one line and exits 2 (test_user_error_is_one_line_exit_2)
+    assert isinstance(result.exception, CxrlabError)
+    assert str(result.exception).startswith(f"{named} steer the plateau schedule, but this run's is cosine")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -245,7 +245,7 @@ def train(
 ):
     """Train a classifier into a run directory (config.yaml, split.csv, history.csv, weights, run.json)."""
     with _heavy_imports():
-        from .config import TrainConfig, load_yaml, with_overrides
+        from .config import TrainConfig, load_yaml, refuse_plateau_flags_without_plateau, with_overrides
         from .training import train as train_run
         if evaluate:
             from .evaluation.evaluate import evaluate_run
@@ -267,6 +267,7 @@ def train(
         given = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()}
         given["negative"] = negative or None
         cfg = with_overrides(cfg, source=str(data) if data else None, images_dir=given.pop("images"), **given)
+        refuse_plateau_flags_without_plateau(cfg, given)
         if not cfg.source:
             raise typer.BadParameter("give DATA or --config with a source")
         out = out or Path("runs") / cfg.model

@@ -287,6 +287,16 @@ def recipe(name: str, **overrides) -> TrainConfig:
 
 
 
+def refuse_plateau_flags_without_plateau(cfg: TrainConfig, given: dict) -> None:
+    """lr_patience and lr_factor only steer the plateau schedule: given for a cosine run they would be
+    ignored without a word, so they are refused (`given`: the settings the user named, None = not named)."""
+    named = [k for k in ("lr_patience", "lr_factor") if given.get(k) is not None]
+    if named and cfg.lr_schedule != "plateau":
+        flags = " and ".join(f"--{k.replace('_', '-')}" for k in named)
+        raise ConfigError(f"{flags} steer the plateau schedule, but this run's is {cfg.lr_schedule}; "
+                          "add --lr-schedule plateau, or leave them out")
+
+
 def with_overrides(cfg: TrainConfig, **overrides) -> TrainConfig:
     """A copy of `cfg` with the given keys replaced; None means 'not given'. Keys of the data
     config (image_size, normalization, ...) reach cfg.data; `augment` switches augmentation."""
