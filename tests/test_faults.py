@@ -39,8 +39,8 @@ def one_line_error(code: int, out: str, pattern: str) -> str:
     return errors[0]
 
 
-TRAIN = ["--model", "seed-cnn", "--no-augment", "--image-size", "64", "--lr", "1e-3", "--lr-patience", "0",
-         "--early-stopping", "0", "--min-epoch-images", "0"]
+TRAIN = ["--model", "seed-cnn", "--no-augment", "--image-size", "64", "--lr", "1e-3", "--lr-schedule", "plateau",
+         "--lr-patience", "0", "--early-stopping", "0", "--min-epoch-images", "0"]  # a constant rate
 
 
 @pytest.fixture(scope="module")
